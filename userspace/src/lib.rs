@@ -1,0 +1,2 @@
+//! ctsync: conntrack state synchronisation for firewall pairs.
+pub mod bpf;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", ctsync::bpf::EBPF_OBJECT.len());
+}
