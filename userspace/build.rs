@@ -18,9 +18,15 @@ fn main() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow!("ctsync-ebpf manifest has no parent directory"))?
         .as_str();
     aya_build::build_ebpf(
-        [Package { name: ebpf.name.as_str(), root_dir, ..Default::default() }],
+        [Package {
+            name: ebpf.name.as_str(),
+            root_dir,
+            ..Default::default()
+        }],
         // Same as rust-toolchain.toml: its LLVM matches bpf-linker's.
         Toolchain::Custom("1.98.0"),
     )
-    .context("building the eBPF programs failed; `cargo xtask setup` installs bpf-linker and rust-src")
+    .context(
+        "building the eBPF programs failed; `cargo xtask setup` installs bpf-linker and rust-src",
+    )
 }

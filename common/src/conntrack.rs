@@ -169,7 +169,11 @@ impl CtExt {
     }
     /// The helper name, without its NUL padding.
     pub fn helper_name(&self) -> &[u8] {
-        let end = self.helper.iter().position(|&b| b == 0).unwrap_or(self.helper.len());
+        let end = self
+            .helper
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.helper.len());
         &self.helper[..end]
     }
 }

@@ -115,7 +115,11 @@ fn attr_at(ctx: &SkBuffContext, off: usize, end: usize) -> Result<Attr, ()> {
     if len < 4 || off + len > end {
         return Err(());
     }
-    Ok(Attr { off: off + 4, len: len - 4, ty: hdr[1] & NLA_TYPE_MASK })
+    Ok(Attr {
+        off: off + 4,
+        len: len - 4,
+        ty: hdr[1] & NLA_TYPE_MASK,
+    })
 }
 
 #[inline(always)]
@@ -125,7 +129,13 @@ fn align4(n: usize) -> usize {
 
 /// Finds up to two nested attributes by type inside `[off, end)`.
 #[inline(always)]
-fn find2(ctx: &SkBuffContext, mut off: usize, end: usize, a: u16, b: u16) -> Result<(Option<Attr>, Option<Attr>), ()> {
+fn find2(
+    ctx: &SkBuffContext,
+    mut off: usize,
+    end: usize,
+    a: u16,
+    b: u16,
+) -> Result<(Option<Attr>, Option<Attr>), ()> {
     let mut found_a = None;
     let mut found_b = None;
     for _ in 0..MAX_NESTED_ATTRS {
@@ -186,7 +196,13 @@ fn parse(ctx: &SkBuffContext) -> Result<Event, ()> {
         off = at.off + align4(at.len);
     }
     let orig = orig.ok_or(())?;
-    let (ip, proto) = find2(ctx, orig.off, orig.off + orig.len, CTA_TUPLE_IP, CTA_TUPLE_PROTO)?;
+    let (ip, proto) = find2(
+        ctx,
+        orig.off,
+        orig.off + orig.len,
+        CTA_TUPLE_IP,
+        CTA_TUPLE_PROTO,
+    )?;
     let (ip, proto) = (ip.ok_or(())?, proto.ok_or(())?);
     let (num, _) = find2(ctx, proto.off, proto.off + proto.len, CTA_PROTO_NUM, 0)?;
     ev.proto = ctx.load(num.ok_or(())?.off).map_err(|_| ())?;
@@ -220,7 +236,9 @@ fn parse(ctx: &SkBuffContext) -> Result<Event, ()> {
 /// `Ok(None)`: pass; `Ok(Some(counter))`: drop, for that reason.
 #[inline(always)]
 fn classify(ctx: &SkBuffContext) -> Result<Option<Counter>, ()> {
-    let Some(cfg) = CONFIG.get(0) else { return Ok(None) };
+    let Some(cfg) = CONFIG.get(0) else {
+        return Ok(None);
+    };
     if cfg.flags & flags::CONFIGURED == 0 {
         return Ok(None);
     }
@@ -243,7 +261,10 @@ fn classify(ctx: &SkBuffContext) -> Result<Option<Counter>, ()> {
             let mut d = [0u8; 4];
             s.copy_from_slice(&ev.src[..4]);
             d.copy_from_slice(&ev.dst[..4]);
-            (SRC4.get(&Key::new(32, s)).is_some(), DST4.get(&Key::new(32, d)).is_some())
+            (
+                SRC4.get(&Key::new(32, s)).is_some(),
+                DST4.get(&Key::new(32, d)).is_some(),
+            )
         };
         let has_src = cfg.flags & flags::ADDR_SRC != 0;
         let has_dst = cfg.flags & flags::ADDR_DST != 0;
