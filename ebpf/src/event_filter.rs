@@ -12,8 +12,8 @@
 //!    not empty) and the destination in the destination list (likewise).
 //! 4. Zone list (accept or ignore), on `CTA_ZONE` (0 when absent).
 //! 5. Mark rules (accept or ignore): `mark & mask == value`.
-//! 6. TCP state in `drop_tcp_state` (only messages that carry a state:
-//!    DESTROY events do not, so they always pass this rule).
+//! 6. TCP state in `drop_tcp_state`, except for DESTROY events: an entry
+//!    the agent caches must always leave the cache when it dies.
 //!
 //! A message that can't be parsed passes, so that userspace counts it.
 
@@ -50,6 +50,8 @@ const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
+/// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE`.
+const IPCTNL_MSG_CT_DELETE_TYPE: u16 = (1 << 8) | 2;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_PROTOINFO: u16 = 4;
 const CTA_MARK: u16 = 8;
@@ -221,7 +223,8 @@ fn parse(ctx: &SkBuffContext) -> Result<Event, ()> {
         ev.v6 = true;
     }
 
-    if let Some(pi) = protoinfo {
+    let nlmsg_type: u16 = ctx.load(4).map_err(|_| ())?;
+    if let (Some(pi), false) = (protoinfo, nlmsg_type == IPCTNL_MSG_CT_DELETE_TYPE) {
         let (tcp, _) = find2(ctx, pi.off, pi.off + pi.len, CTA_PROTOINFO_TCP, 0)?;
         if let Some(tcp) = tcp {
             let (st, _) = find2(ctx, tcp.off, tcp.off + tcp.len, CTA_PROTOINFO_TCP_STATE, 0)?;

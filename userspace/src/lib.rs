@@ -1,2 +1,17 @@
 //! ctsync: conntrack state synchronisation for firewall pairs.
+//!
+//! Primary side so far: the kernel emits conntrack events; the eBPF socket
+//! filter ([`filter`]) drops the excluded ones in the kernel; the event source
+//! ([`events`]) drains the rest through [`nlsock`], decodes them with
+//! [`ctnetlink`] and keeps the internal [`cache`]. The [`agent`] runs it all
+//! and answers the [`control`] socket.
+pub mod agent;
 pub mod bpf;
+pub mod cache;
+pub mod config;
+pub mod control;
+pub mod ctnetlink;
+pub mod display;
+pub mod events;
+pub mod filter;
+pub mod nlsock;

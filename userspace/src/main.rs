@@ -1,3 +1,232 @@
-fn main() {
-    println!("{}", ctsync::bpf::EBPF_OBJECT.len());
+//! The `ctsync` command: the agent (`run`) and the verbs that talk to it.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use ctsync::{
+    agent::Agent,
+    config::{Config, DEFAULT_CONTROL_SOCKET},
+    control::{Client, Request},
+};
+
+/// Default config file, used when it exists and no --config is given.
+const DEFAULT_CONFIG: &str = "/etc/ctsync/ctsync.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "ctsync",
+    version,
+    about = "Conntrack state synchronisation for firewall pairs",
+    long_about = "ctsync keeps the conntrack table of an active firewall replicated so that \
+                  established connections survive a failover. `ctsync run` starts the agent; \
+                  the other verbs talk to a running agent over its control socket."
+)]
+struct Cli {
+    /// Control socket of the running agent (default: general.control_socket of the config).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Config file (default: /etc/ctsync/ctsync.toml if it exists, else built-in defaults).
+    #[arg(long, short, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent in the foreground (SIGHUP reloads the config, SIGTERM stops).
+    Run,
+    /// Validate a config file without running anything.
+    CheckConfig {
+        /// The file to check.
+        path: PathBuf,
+    },
+    /// Print the entries of a cache.
+    Dump {
+        #[arg(value_enum)]
+        which: Which,
+        /// One JSON object per entry, as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the agent's counters.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the agent to re-read its config file (same as SIGHUP).
+    Reload,
+    /// Resynchronise a cache.
+    Resync {
+        #[arg(value_enum)]
+        what: ResyncWhat,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum Which {
+    /// The local conntrack table as the agent knows it.
+    Internal,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum ResyncWhat {
+    /// Rebuild the internal cache from a kernel table dump.
+    Kernel,
+}
+
+fn load_config(explicit: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    match explicit {
+        Some(p) => Ok((Config::load(p)?, Some(p.to_owned()))),
+        None if Path::new(DEFAULT_CONFIG).exists() => Ok((
+            Config::load(Path::new(DEFAULT_CONFIG))?,
+            Some(DEFAULT_CONFIG.into()),
+        )),
+        None => Ok((Config::default(), None)),
+    }
+}
+
+fn socket_path(cli: &Cli) -> PathBuf {
+    if let Some(s) = &cli.socket {
+        return s.clone();
+    }
+    match load_config(cli.config.as_deref()) {
+        Ok((c, _)) => c.general.control_socket,
+        Err(_) => DEFAULT_CONTROL_SOCKET.into(),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let (mut config, path) = load_config(cli.config.as_deref())?;
+    if let Some(s) = &cli.socket {
+        config.general.control_socket = s.clone();
+    }
+    init_logging(&config.general.log_level);
+    match &path {
+        Some(p) => tracing::info!("config {}", p.display()),
+        None => tracing::info!("no config file: built-in defaults"),
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let agent = Agent::start(config, path)?;
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        agent.run(shutdown).await?;
+        anyhow::Ok(())
+    })
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main_inner(cli: Cli) -> anyhow::Result<()> {
+    match &cli.cmd {
+        Cmd::Run => run(&cli),
+        Cmd::CheckConfig { path } => {
+            Config::load(path)?;
+            println!("{}: ok", path.display());
+            Ok(())
+        }
+        Cmd::Dump {
+            which: Which::Internal,
+            json,
+        } => {
+            let (client, reply) = Client::request(&socket_path(&cli), &Request::DumpInternal)?;
+            let count = reply.count.unwrap_or(0);
+            let out = std::io::stdout();
+            let mut out = std::io::BufWriter::new(out.lock());
+            if *json {
+                writeln!(out, "[")?;
+            }
+            for (i, e) in client.entries(count).enumerate() {
+                let e = e?;
+                if *json {
+                    let sep = if i + 1 < count { "," } else { "" };
+                    writeln!(out, "{}{sep}", serde_json::to_string(&e)?)?;
+                } else {
+                    writeln!(out, "{}", e.to_line())?;
+                }
+            }
+            if *json {
+                writeln!(out, "]")?;
+            } else {
+                eprintln!("{count} entries");
+            }
+            Ok(())
+        }
+        Cmd::Stats { json } => {
+            let (_, reply) = Client::request(&socket_path(&cli), &Request::Stats)?;
+            let data = reply.data.unwrap_or_default();
+            if *json {
+                return print_json(&data);
+            }
+            for (section, v) in data.as_object().into_iter().flatten() {
+                println!("{section}:");
+                for (k, v) in v.as_object().into_iter().flatten() {
+                    println!("  {k:<18} {v}");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Reload => {
+            let (_, reply) = Client::request(&socket_path(&cli), &Request::Reload)?;
+            print_json(&reply.data.unwrap_or_default())
+        }
+        Cmd::Resync {
+            what: ResyncWhat::Kernel,
+        } => {
+            let (_, reply) = Client::request(&socket_path(&cli), &Request::ResyncKernel)?;
+            print_json(&reply.data.unwrap_or_default())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match main_inner(cli).context("ctsync") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {:#}", e.root_cause_chain());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+trait Chain {
+    fn root_cause_chain(&self) -> String;
+}
+
+impl Chain for anyhow::Error {
+    fn root_cause_chain(&self) -> String {
+        self.chain()
+            .skip(1)
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(": ")
+    }
 }

@@ -1,0 +1,435 @@
+//! The internal cache: the local conntrack table as the agent knows it, keyed
+//! by (original tuple, zone), with coalescing of changes for the sender.
+//!
+//! Memory matters (target: under 150 bytes per entry at a million entries), so
+//! entries live in fixed-size chunks of 128-byte `CtRecord`s (no per-entry
+//! allocation, no doubling of a giant Vec) and the hash index holds only a u32
+//! slot number. The rare extension data (NAT sequence adjustment, helper) sits
+//! in a side map.
+//!
+//! Coalescing: a changed entry is queued once; however often it changes
+//! before the sender drains it, it goes out once, with its newest state. A
+//! destroyed entry becomes a tombstone until drained, so the sender learns of
+//! the DESTROY in order.
+
+use std::hash::BuildHasher;
+
+use ctsync_common::{CtExt, CtRecord, Tuple, conntrack::record_flags};
+use hashbrown::{HashMap, HashTable};
+
+const CHUNK: usize = 4096;
+
+/// Per-slot state bits, kept beside the records (1 byte per slot).
+mod slot {
+    /// Holds an entry present in the kernel table.
+    pub const LIVE: u8 = 1 << 0;
+    /// Destroyed, waiting for the sender to drain the DESTROY.
+    pub const TOMBSTONE: u8 = 1 << 1;
+    /// In the change queue.
+    pub const QUEUED: u8 = 1 << 2;
+    /// Seen during the current resync.
+    pub const SEEN: u8 = 1 << 3;
+}
+
+/// What `upsert` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    Inserted,
+    Updated,
+}
+
+/// A change for the sender, borrowed from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// The entry's newest state.
+    Upsert(&'a CtRecord, Option<&'a CtExt>),
+    /// The entry is gone.
+    Destroy(&'a Tuple),
+}
+
+pub struct Cache {
+    chunks: Vec<Box<[CtRecord]>>,
+    states: Vec<u8>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    ext: HashMap<u32, CtExt>,
+    queue: std::collections::VecDeque<u32>,
+    live: usize,
+    next_version: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cache {
+    pub fn new() -> Cache {
+        Cache {
+            chunks: Vec::new(),
+            states: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: Default::default(),
+            ext: HashMap::new(),
+            queue: Default::default(),
+            live: 0,
+            next_version: 1,
+        }
+    }
+
+    /// Number of live entries.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Changes waiting for the sender.
+    pub fn pending(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Heap bytes held: records, slot states, free list, index, queue, extensions.
+    pub fn memory_bytes(&self) -> usize {
+        self.chunks.len() * CHUNK * size_of::<CtRecord>()
+            + self.chunks.capacity() * size_of::<Box<[CtRecord]>>()
+            + self.states.capacity()
+            + self.free.capacity() * 4
+            + index_bytes(self.index.capacity())
+            + self.queue.capacity() * 4
+            + self.ext.capacity() * (size_of::<u32>() + size_of::<CtExt>() + 1)
+    }
+
+    fn hash(&self, key: &Tuple) -> u64 {
+        self.hasher.hash_one(bytemuck::bytes_of(key))
+    }
+
+    fn rec(&self, slot: u32) -> &CtRecord {
+        &self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+    }
+
+    fn rec_mut(&mut self, slot: u32) -> &mut CtRecord {
+        &mut self.chunks[slot as usize / CHUNK][slot as usize % CHUNK]
+    }
+
+    fn find(&self, key: &Tuple) -> Option<u32> {
+        let h = self.hash(key);
+        self.index.find(h, |&s| self.rec(s).orig == *key).copied()
+    }
+
+    fn alloc(&mut self) -> u32 {
+        if let Some(s) = self.free.pop() {
+            return s;
+        }
+        let s = self.states.len();
+        if s % CHUNK == 0 {
+            self.chunks
+                .push(vec![CtRecord::default(); CHUNK].into_boxed_slice());
+        }
+        self.states.push(0);
+        s as u32
+    }
+
+    fn enqueue(&mut self, s: u32) {
+        let st = &mut self.states[s as usize];
+        if *st & slot::QUEUED == 0 {
+            *st |= slot::QUEUED;
+            self.queue.push_back(s);
+        }
+    }
+
+    /// Looks an entry up by its key (original tuple with zone).
+    pub fn get(&self, key: &Tuple) -> Option<(&CtRecord, Option<&CtExt>)> {
+        self.find(key).map(|s| (self.rec(s), self.ext.get(&s)))
+    }
+
+    /// Applies a NEW/UPDATE event or a dump entry. Attributes the message did
+    /// not carry (per `record_flags`) keep their cached values, because update
+    /// events only carry what changed.
+    pub fn upsert(&mut self, rec: &CtRecord, ext: Option<&CtExt>) -> Upsert {
+        let version = self.next_version;
+        self.next_version += 1;
+        let (slot, result) = match self.find(&rec.orig) {
+            Some(s) => {
+                let old = *self.rec(s);
+                let merged = merge(&old, rec, version);
+                *self.rec_mut(s) = merged;
+                (s, Upsert::Updated)
+            }
+            None => {
+                let s = self.alloc();
+                let mut r = *rec;
+                r.version = version;
+                *self.rec_mut(s) = r;
+                self.states[s as usize] = slot::LIVE;
+                let h = self.hash(&rec.orig);
+                let Cache {
+                    index,
+                    chunks,
+                    hasher,
+                    ..
+                } = self;
+                index.insert_unique(h, s, |&x| {
+                    hasher.hash_one(bytemuck::bytes_of(
+                        &chunks[x as usize / CHUNK][x as usize % CHUNK].orig,
+                    ))
+                });
+                self.live += 1;
+                (s, Upsert::Inserted)
+            }
+        };
+        if let Some(e) = ext.filter(|e| !e.is_empty()) {
+            let cur = self.ext.entry(slot).or_default();
+            if e.nat_seq != [Default::default(); 2] {
+                cur.nat_seq = e.nat_seq;
+            }
+            if e.helper[0] != 0 {
+                cur.helper = e.helper;
+            }
+            self.rec_mut(slot).flags |= record_flags::HAS_EXT;
+        }
+        self.states[slot as usize] |= slot::SEEN;
+        self.enqueue(slot);
+        result
+    }
+
+    /// Applies a DESTROY. Returns whether the entry was known.
+    pub fn remove(&mut self, key: &Tuple) -> bool {
+        let h = self.hash(key);
+        let Cache { index, chunks, .. } = self;
+        let Ok(entry) = index.find_entry(h, |&s| {
+            chunks[s as usize / CHUNK][s as usize % CHUNK].orig == *key
+        }) else {
+            return false;
+        };
+        let (s, _) = entry.remove();
+        self.live -= 1;
+        let v = self.next_version;
+        self.next_version += 1;
+        self.rec_mut(s).version = v;
+        self.ext.remove(&s);
+        self.states[s as usize] = (self.states[s as usize] & slot::QUEUED) | slot::TOMBSTONE;
+        self.enqueue(s);
+        true
+    }
+
+    /// Hands up to `max` queued changes, oldest first, to `f`.
+    pub fn drain_changes(&mut self, max: usize, mut f: impl FnMut(Change<'_>)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(s) = self.queue.pop_front() else {
+                break;
+            };
+            let st = self.states[s as usize];
+            if st & slot::TOMBSTONE != 0 {
+                f(Change::Destroy(&self.rec(s).orig));
+                self.states[s as usize] = 0;
+                self.free.push(s);
+            } else {
+                self.states[s as usize] &= !slot::QUEUED;
+                f(Change::Upsert(self.rec(s), self.ext.get(&s)));
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops every entry and every queued change.
+    pub fn clear(&mut self) {
+        *self = Cache {
+            next_version: self.next_version,
+            ..Cache::new()
+        };
+    }
+
+    /// Iterates over live entries.
+    pub fn iter(&self) -> impl Iterator<Item = (&CtRecord, Option<&CtExt>)> + '_ {
+        self.states
+            .iter()
+            .enumerate()
+            .filter(|(_, st)| **st & slot::LIVE != 0)
+            .map(|(s, _)| (self.rec(s as u32), self.ext.get(&(s as u32))))
+    }
+
+    /// Starts a resync: entries not upserted before `end_resync` are removed then.
+    pub fn begin_resync(&mut self) {
+        for st in &mut self.states {
+            *st &= !slot::SEEN;
+        }
+    }
+
+    /// Ends a resync: removes (as DESTROYs) the live entries not seen since
+    /// `begin_resync`. Returns how many.
+    pub fn end_resync(&mut self) -> usize {
+        let stale: Vec<Tuple> = self
+            .states
+            .iter()
+            .enumerate()
+            .filter(|(_, st)| **st & (slot::LIVE | slot::SEEN) == slot::LIVE)
+            .map(|(s, _)| self.rec(s as u32).orig)
+            .collect();
+        for k in &stale {
+            self.remove(k);
+        }
+        stale.len()
+    }
+}
+
+/// hashbrown keeps a power-of-two number of buckets, at most 7/8 full; each
+/// is a u32 slot plus one control byte.
+fn index_bytes(capacity: usize) -> usize {
+    if capacity == 0 {
+        0
+    } else {
+        (capacity * 8).div_ceil(7).next_power_of_two() * 5
+    }
+}
+
+/// The newest state: `new`'s attributes, and `old`'s where `new` lacks them.
+fn merge(old: &CtRecord, new: &CtRecord, version: u64) -> CtRecord {
+    use record_flags::*;
+    let mut r = *new;
+    let has = |f| new.flags & f != 0;
+    if !has(HAS_PROTOINFO) {
+        r.proto_state = old.proto_state;
+        r.tcp_wscale_orig = old.tcp_wscale_orig;
+        r.tcp_wscale_reply = old.tcp_wscale_reply;
+        r.tcp_flags_orig = old.tcp_flags_orig;
+        r.tcp_flags_reply = old.tcp_flags_reply;
+        r.dccp_role = old.dccp_role;
+    }
+    if !has(HAS_MARK) {
+        r.mark = old.mark;
+    }
+    if !has(HAS_LABELS) {
+        r.labels = old.labels;
+    }
+    if !has(HAS_TIMEOUT) {
+        r.timeout = old.timeout;
+    }
+    if !has(HAS_REPLY) {
+        r.reply = old.reply;
+    }
+    if new.id == 0 {
+        r.id = old.id;
+    }
+    r.flags |=
+        old.flags & (HAS_PROTOINFO | HAS_MARK | HAS_LABELS | HAS_TIMEOUT | HAS_REPLY | HAS_EXT);
+    r.version = version;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctsync_common::conntrack::{AF_INET, IPPROTO_TCP};
+
+    fn rec(i: u32) -> CtRecord {
+        let mut r = CtRecord::default();
+        r.orig.family = AF_INET;
+        r.orig.proto = IPPROTO_TCP;
+        r.orig.src[..4].copy_from_slice(&i.to_be_bytes());
+        r.orig.dst[..4].copy_from_slice(&[10, 0, 0, 1]);
+        r.orig.src_port = 1234u16.to_be();
+        r.orig.dst_port = 80u16.to_be();
+        r.reply = r.orig;
+        r.flags = record_flags::HAS_PROTOINFO | record_flags::HAS_REPLY;
+        r.proto_state = 1;
+        r
+    }
+
+    fn drain(c: &mut Cache) -> Vec<(bool, Tuple, u8)> {
+        let mut out = vec![];
+        c.drain_changes(usize::MAX, |ch| match ch {
+            Change::Upsert(r, _) => out.push((true, r.orig, r.proto_state)),
+            Change::Destroy(k) => out.push((false, *k, 0)),
+        });
+        out
+    }
+
+    #[test]
+    fn coalesces_updates_into_one_change_with_the_newest_state() {
+        let mut c = Cache::new();
+        let mut r = rec(1);
+        assert_eq!(c.upsert(&r, None), Upsert::Inserted);
+        for st in 2..=3 {
+            r.proto_state = st;
+            assert_eq!(c.upsert(&r, None), Upsert::Updated);
+        }
+        assert_eq!(drain(&mut c), vec![(true, r.orig, 3)]);
+        assert!(drain(&mut c).is_empty());
+    }
+
+    #[test]
+    fn update_without_protoinfo_keeps_the_cached_state() {
+        let mut c = Cache::new();
+        let mut r = rec(1);
+        r.proto_state = 3;
+        r.mark = 7;
+        r.flags |= record_flags::HAS_MARK;
+        c.upsert(&r, None);
+        let mut u = rec(1);
+        u.flags = record_flags::HAS_REPLY;
+        u.proto_state = 0;
+        c.upsert(&u, None);
+        let (got, _) = c.get(&r.orig).unwrap();
+        assert_eq!((got.proto_state, got.mark), (3, 7));
+    }
+
+    #[test]
+    fn destroy_is_ordered_after_earlier_changes_and_recreate_after_it() {
+        let mut c = Cache::new();
+        let r = rec(1);
+        c.upsert(&r, None);
+        assert!(c.remove(&r.orig));
+        assert!(!c.remove(&r.orig));
+        c.upsert(&r, None);
+        assert_eq!(drain(&mut c), vec![(false, r.orig, 0), (true, r.orig, 1)]);
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn resync_removes_what_the_dump_no_longer_has() {
+        let mut c = Cache::new();
+        for i in 0..10 {
+            c.upsert(&rec(i), None);
+        }
+        drain(&mut c);
+        c.begin_resync();
+        for i in 0..5 {
+            c.upsert(&rec(i), None);
+        }
+        assert_eq!(c.end_resync(), 5);
+        assert_eq!(c.len(), 5);
+        let changes = drain(&mut c);
+        assert_eq!(changes.iter().filter(|(up, _, _)| !up).count(), 5);
+        assert!(c.get(&rec(7).orig).is_none() && c.get(&rec(3).orig).is_some());
+    }
+
+    #[test]
+    fn slots_are_reused_and_memory_per_entry_stays_small() {
+        let mut c = Cache::new();
+        let n = 200_000;
+        for i in 0..n {
+            c.upsert(&rec(i), None);
+        }
+        drain(&mut c);
+        let per_entry = c.memory_bytes() / n as usize;
+        assert!(per_entry < 150, "{per_entry} bytes per entry");
+        for i in 0..n {
+            assert!(c.remove(&rec(i).orig));
+        }
+        drain(&mut c);
+        for i in 0..n {
+            c.upsert(&rec(i + n), None);
+        }
+        assert_eq!(c.len(), n as usize);
+        assert_eq!(c.chunks.len(), (n as usize).div_ceil(CHUNK));
+        assert_eq!(c.iter().count(), n as usize);
+    }
+}
