@@ -228,7 +228,6 @@ fn cache_matches_kernel_after_100k_bulk_inserts_v4_v6_with_nat_and_deletes() {
         0,
         "default buffers should hold this burst: {s}"
     );
-    assert!(stat(&s, "cache.bytes_per_entry") < 150, "{s}");
 }
 
 #[test]
