@@ -5,19 +5,13 @@
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
-use support::{RunningAgent, kernel_table, workspace_bin};
+use support::{assert_converges, start_agent, stats, workspace_bin};
 use xtask::lab::{CLIENT_V4, Lab, LabOptions, Node, SERVER_V4, SERVER_V6};
 
-fn ns_prefix(lab: &Lab, node: Node) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", lab.ns(node)]);
-    c
-}
-
 fn fw1_table(lab: &Lab) -> Vec<support::Entry> {
-    kernel_table(&["ip", "netns", "exec", lab.ns(Node::Fw1)])
+    xtask::ctcompare::kernel_table(Some(lab.ns(Node::Fw1))).unwrap()
 }
 
 /// Runs ctgen (bulk ctnetlink inserts/deletes) in fw1.
@@ -43,11 +37,7 @@ fn stat(v: &serde_json::Value, path: &str) -> u64 {
 #[test]
 fn cache_matches_kernel_after_real_tcp_udp_icmp_traffic_with_nat() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let agent = RunningAgent::start(
-        ns_prefix(&lab, Node::Fw1),
-        &format!("{}-traffic", lab.prefix()),
-        "",
-    );
+    let agent = start_agent(&lab, Node::Fw1, &format!("{}-traffic", lab.prefix()), "");
     let traffic = workspace_bin("ctsync-traffic");
     let t = traffic.to_str().unwrap();
     let ready = agent.dir.join("server.ready");
@@ -118,7 +108,7 @@ fn cache_matches_kernel_after_real_tcp_udp_icmp_traffic_with_nat() {
     .unwrap();
     std::thread::sleep(Duration::from_secs(2));
 
-    let n = agent.assert_converges(30, || fw1_table(&lab));
+    let n = assert_converges(&agent, 30, || fw1_table(&lab));
     let k = fw1_table(&lab);
     // The traffic really went through fw1, NATed on the way out.
     let natted = k
@@ -152,8 +142,8 @@ fn cache_matches_kernel_after_real_tcp_udp_icmp_traffic_with_nat() {
     }
     // Closing connections changes states (FIN_WAIT, TIME_WAIT...): still equal.
     std::thread::sleep(Duration::from_secs(1));
-    agent.assert_converges(30, || fw1_table(&lab));
-    let s = agent.stats();
+    assert_converges(&agent, 30, || fw1_table(&lab));
+    let s = stats(&agent);
     assert!(stat(&s, "events.new") >= 120, "{s}");
     assert_eq!(stat(&s, "events.malformed"), 0, "{s}");
 }
@@ -171,11 +161,7 @@ fn wait_for_file(p: &Path) {
 #[test]
 fn cache_matches_kernel_after_100k_bulk_inserts_v4_v6_with_nat_and_deletes() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let agent = RunningAgent::start(
-        ns_prefix(&lab, Node::Fw1),
-        &format!("{}-bulk", lab.prefix()),
-        "",
-    );
+    let agent = start_agent(&lab, Node::Fw1, &format!("{}-bulk", lab.prefix()), "");
     ctgen(
         &lab,
         &[
@@ -204,11 +190,11 @@ fn cache_matches_kernel_after_100k_bulk_inserts_v4_v6_with_nat_and_deletes() {
             "1200",
         ],
     );
-    let n = agent.assert_converges(60, || fw1_table(&lab));
+    let n = assert_converges(&agent, 60, || fw1_table(&lab));
     assert!(n >= 100_000, "{n} entries");
     // Memory target, measured where the table is full (deleted slots are
     // kept for reuse, so it is only meaningful here).
-    let s = agent.stats();
+    let s = stats(&agent);
     assert!(stat(&s, "cache.bytes_per_entry") < 150, "{s}");
     ctgen(
         &lab,
@@ -216,12 +202,12 @@ fn cache_matches_kernel_after_100k_bulk_inserts_v4_v6_with_nat_and_deletes() {
             "--count", "20000", "--family", "4", "--proto", "mixed", "--delete",
         ],
     );
-    let n = agent.assert_converges(60, || fw1_table(&lab));
+    let n = assert_converges(&agent, 60, || fw1_table(&lab));
     assert!(
         (80_000..100_000).contains(&n),
         "{n} entries after deleting 20000"
     );
-    let s = agent.stats();
+    let s = stats(&agent);
     assert!(stat(&s, "events.destroy") >= 20_000, "{s}");
     assert_eq!(
         stat(&s, "events.overruns"),
@@ -233,14 +219,15 @@ fn cache_matches_kernel_after_100k_bulk_inserts_v4_v6_with_nat_and_deletes() {
 #[test]
 fn overrun_with_a_small_socket_buffer_resyncs_and_converges() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let agent = RunningAgent::start(
-        ns_prefix(&lab, Node::Fw1),
+    let agent = start_agent(
+        &lab,
+        Node::Fw1,
         &format!("{}-overrun", lab.prefix()),
         "[events]\nsocket_buffer = 65536\nsocket_buffer_max = 262144\n",
     );
     // Stop the agent from reading while the flood happens, so the socket
     // buffer really overflows.
-    unsafe { libc::kill(agent.child.id() as i32, libc::SIGSTOP) };
+    agent.signal(libc::SIGSTOP);
     ctgen(
         &lab,
         &[
@@ -254,7 +241,7 @@ fn overrun_with_a_small_socket_buffer_resyncs_and_converges() {
             "1200",
         ],
     );
-    unsafe { libc::kill(agent.child.id() as i32, libc::SIGCONT) };
+    agent.signal(libc::SIGCONT);
     ctgen(
         &lab,
         &[
@@ -268,9 +255,9 @@ fn overrun_with_a_small_socket_buffer_resyncs_and_converges() {
             "1200",
         ],
     );
-    let n = agent.assert_converges(60, || fw1_table(&lab));
+    let n = assert_converges(&agent, 60, || fw1_table(&lab));
     assert!(n >= 90_000, "{n}");
-    let s = agent.stats();
+    let s = stats(&agent);
     assert!(
         stat(&s, "events.overruns") >= 1,
         "no overrun was reported: {s}"
@@ -288,12 +275,13 @@ fn overrun_with_a_small_socket_buffer_resyncs_and_converges() {
 #[test]
 fn excluded_entries_are_dropped_by_the_kernel_filter_and_reload_changes_it() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let agent = RunningAgent::start(
-        ns_prefix(&lab, Node::Fw1),
+    let agent = start_agent(
+        &lab,
+        Node::Fw1,
         &format!("{}-filter", lab.prefix()),
         "[filter.protocol]\nlist = [\"udp\"]\n[filter.address]\nsource = [\"10.77.0.0/16\"]\n",
     );
-    let before = agent.stats();
+    let before = stats(&agent);
     // Excluded by protocol (udp, sources 10.70...), by address (tcp from 10.77...), and kept (tcp from 10.70...).
     ctgen(
         &lab,
@@ -345,9 +333,9 @@ fn excluded_entries_are_dropped_by_the_kernel_filter_and_reload_changes_it() {
             .filter(|e| e.proto != 17 && !e.orig.starts_with("src=10.77."))
             .collect()
     };
-    let n = agent.assert_converges(30, || expect(fw1_table(&lab)));
+    let n = assert_converges(&agent, 30, || expect(fw1_table(&lab)));
     assert_eq!(n, 1000);
-    let s = agent.stats();
+    let s = stats(&agent);
     let d = |p: &str| stat(&s, p) - stat(&before, p);
     // The kernel filter dropped them: userspace never saw those events.
     assert_eq!(d("filter.dropped_proto"), 3000, "{s}");
@@ -362,8 +350,8 @@ fn excluded_entries_are_dropped_by_the_kernel_filter_and_reload_changes_it() {
             .replace("list = [\"udp\"]", "list = []"),
     )
     .unwrap();
-    agent.ctl(&["reload"]).unwrap();
-    let n = agent.assert_converges(30, || {
+    agent.ctl(&["reload"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let n = assert_converges(&agent, 30, || {
         fw1_table(&lab)
             .into_iter()
             .filter(|e| !e.orig.starts_with("src=10.77."))
@@ -386,7 +374,7 @@ fn excluded_entries_are_dropped_by_the_kernel_filter_and_reload_changes_it() {
             "1200",
         ],
     );
-    let n = agent.assert_converges(30, || {
+    let n = assert_converges(&agent, 30, || {
         fw1_table(&lab)
             .into_iter()
             .filter(|e| !e.orig.starts_with("src=10.77."))

@@ -17,6 +17,9 @@
 //! - [`lab`]: the client / fw1 / fw2 / server topology in network namespaces.
 //! - [`exec`]: running commands with the command line in every error.
 
+pub mod agent;
+pub mod build;
+pub mod ctcompare;
 pub mod exec;
 pub mod lab;
 pub mod setup;

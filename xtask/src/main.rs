@@ -10,8 +10,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cmd {
+    pub mod demo;
     pub mod lab;
+    pub mod run;
     pub mod setup;
+    pub mod test;
 }
 
 #[derive(Parser)]
@@ -30,12 +33,21 @@ enum Command {
     Setup(cmd::setup::Args),
     /// Build, inspect and remove the network-namespace lab (as root).
     Lab(cmd::lab::Args),
+    /// The lab demo: set-up, build, lab, agent, real traffic, what ctsync saw.
+    Demo(cmd::demo::Args),
+    /// Every test: set-up, format check, build, unit and kernel tests (as root).
+    Test(cmd::test::Args),
+    /// Build ctsync and run it on this host: `cargo xtask run -- run --config FILE`.
+    Run(cmd::run::Args),
 }
 
 fn main() -> ExitCode {
     let result: Result<()> = match Cli::parse().command {
         Command::Setup(args) => cmd::setup::run(args),
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Test(args) => cmd::test::run(args),
+        Command::Run(args) => cmd::run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

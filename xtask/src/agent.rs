@@ -1,0 +1,150 @@
+//! A `ctsync run` in a lab namespace, with its own config file and control
+//! socket, stopped (SIGTERM) on drop. Used by the demo and the kernel tests.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{
+    ctcompare::{self, Entry},
+    lab::{Lab, Node},
+};
+
+pub struct AgentProcess {
+    pub child: Child,
+    /// Holds the config, the control socket and the log.
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    bin: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `bin run` in `node`'s namespace with `extra_config` (TOML)
+    /// after a `[general]` section that points the control socket into a
+    /// fresh directory named after `name`, and waits until it answers.
+    pub fn start(
+        lab: &Lab,
+        node: Node,
+        bin: &Path,
+        name: &str,
+        extra_config: &str,
+    ) -> Result<AgentProcess> {
+        let dir = std::env::temp_dir().join(format!("ctsync-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let socket = dir.join("ctsync.sock");
+        let config = dir.join("ctsync.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[general]\ncontrol_socket = {:?}\nlog_level = \"info\"\n{extra_config}",
+                socket.display().to_string()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("agent.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", lab.ns(node)])
+            .arg(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} run", bin.display()))?;
+        let mut agent = AgentProcess {
+            child,
+            dir,
+            socket,
+            config,
+            bin: bin.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent.ctl(&["stats", "--json"]).is_err() {
+            if let Some(st) = agent.child.try_wait()? {
+                bail!("the agent exited ({st}) during start-up:\n{}", agent.log());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not answer within 30 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(agent)
+    }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs a `ctsync` CLI verb against this agent; stdout, or stderr as the error.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let o = Command::new(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "ctsync {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    pub fn stats(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&self.ctl(&["stats", "--json"])?)?)
+    }
+
+    /// The internal cache, normalised and sorted.
+    pub fn dump_internal(&self) -> Result<Vec<Entry>> {
+        ctcompare::parse_ctsync_dump(&self.ctl(&["dump", "internal", "--json"])?)
+    }
+
+    /// Polls until the internal cache equals `expected()` for up to `timeout`;
+    /// returns the entry count, or the difference as the error.
+    pub fn wait_converged(
+        &self,
+        timeout: Duration,
+        mut expected: impl FnMut() -> Result<Vec<Entry>>,
+    ) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let k = expected()?;
+            let a = self.dump_internal()?;
+            if k == a {
+                return Ok(k.len());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the internal cache did not converge to the kernel table within {timeout:?}: {}\nagent log:\n{}",
+                    ctcompare::diff(&k, &a),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Sends a signal to the agent (e.g. SIGSTOP/SIGCONT in tests).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
