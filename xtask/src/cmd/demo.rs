@@ -191,12 +191,18 @@ pub fn run(args: Args) -> Result<()> {
     );
     let sample = agent.ctl(&["dump", "internal"])?;
     println!("      a few entries (ctsync dump internal):");
-    for line in sample
-        .lines()
-        .filter(|l| l.contains("5001") || l.contains("icmp") || l.contains(" 1 "))
-        .take(4)
-    {
-        println!("        {line}");
+    // One of each kind: TCP and UDP through SNAT, ICMP, IPv6, a bulk entry.
+    let kinds: [fn(&str) -> bool; 5] = [
+        |l| l.starts_with("ipv4") && l.contains("dport=5001"),
+        |l| l.starts_with("ipv4") && l.contains("dport=5002"),
+        |l| l.contains("type=8"),
+        |l| l.starts_with("ipv6") && l.contains("dport=5001"),
+        |l| l.contains("src=10.70."),
+    ];
+    for kind in kinds {
+        if let Some(line) = sample.lines().find(|l| kind(l)) {
+            println!("        {line}");
+        }
     }
     std::fs::write(dir.join("stop"), b"")?;
     for mut c in clients {
