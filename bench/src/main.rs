@@ -102,7 +102,8 @@ fn capture(n: u32) -> anyhow::Result<Vec<Vec<u8>>> {
             Ok(k) => (0..k).for_each(|i| captured.push(batch.get(i).0.to_vec())),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => {
-                return Err(e).context("reading events (an overrun means the buffer was too small)");
+                return Err(e)
+                    .context("reading events (an overrun means the buffer was too small)");
             }
         }
     }

@@ -46,6 +46,11 @@ pub enum AgentError {
     Io(#[from] io::Error),
 }
 
+/// A drain that found this many events means the event rate is high...
+const BUSY_EVENTS: usize = 16;
+/// ...so wait this long before the next one (tokio's timers are coarser).
+const BUSY_PAUSE: Duration = Duration::from_micros(200);
+
 /// The event socket's fd, for readiness only (the event source owns it).
 struct FdRef(RawFd);
 
@@ -260,9 +265,15 @@ impl Agent {
                 _ = &mut shutdown => break,
                 guard = events.readable() => {
                     let mut guard = guard?;
-                    self.source.drain(&mut self.cache)?;
+                    let n = self.source.drain(&mut self.cache)?;
                     self.discard_changes();
                     guard.clear_ready();
+                    // Under load, let events accumulate briefly so that one
+                    // wake-up drains many (waking per event costs about 2.5x
+                    // the CPU); at low rates every event is handled at once.
+                    if n >= BUSY_EVENTS {
+                        std::thread::sleep(BUSY_PAUSE);
+                    }
                 }
                 conn = listener.accept() => {
                     if let Ok((stream, _)) = conn

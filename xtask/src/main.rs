@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod cmd {
+    pub mod bench;
     pub mod demo;
     pub mod lab;
     pub mod run;
@@ -37,6 +38,8 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Every test: set-up, format check, build, unit and kernel tests (as root).
     Test(cmd::test::Args),
+    /// Benchmarks side by side with conntrackd (a report, not a test).
+    Bench(cmd::bench::Args),
     /// Build ctsync and run it on this host: `cargo xtask run -- run --config FILE`.
     Run(cmd::run::Args),
 }
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Test(args) => cmd::test::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
