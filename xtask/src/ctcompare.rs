@@ -223,7 +223,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.orig, "src=fd00:1::10 dst=fd00:2::10 type=128 code=0 id=7");
-        assert!(e.unreplied);
+        assert_eq!(
+            (e.proto, e.state.as_deref(), e.unreplied),
+            (58, None, false)
+        );
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub fn run(args: Args) -> Result<()> {
         .map_err(|e| e.context("formatting differs: run `cargo fmt --all`"))?;
     build::release_bins()?;
     let mut cmd = build::cargo();
-    cmd.args(["test", "--release", "--"]);
+    // Every test binary runs even when one fails, so a red run says all that is wrong.
+    cmd.args(["test", "--release", "--no-fail-fast", "--"]);
     // Lab tests build their own namespaces; two at a time fit 2 cores.
     cmd.args(["--test-threads", "2"]);
     cmd.args(&args.rest);
