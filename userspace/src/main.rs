@@ -6,7 +6,6 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ctsync::{
     agent::Agent,
@@ -208,25 +207,19 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match main_inner(cli).context("ctsync") {
+    if !matches!(cli.cmd, Cmd::Run) {
+        // A CLI verb piped into `head` should end quietly, as other tools do.
+        // (The agent keeps Rust's default: a control client that goes away
+        // is an EPIPE on that connection only.)
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match main_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {:#}", e.root_cause_chain());
+            // Our errors already name their cause; `{e}` avoids repeating it.
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-trait Chain {
-    fn root_cause_chain(&self) -> String;
-}
-
-impl Chain for anyhow::Error {
-    fn root_cause_chain(&self) -> String {
-        self.chain()
-            .skip(1)
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join(": ")
     }
 }
