@@ -237,16 +237,26 @@ impl EventFilter {
         open.flags &= !flags::CONFIGURED;
         set_config(self.map(f::MAP_CONFIG)?, &open)?;
 
-        let v4 = |c: &&Cidr| c.addr.is_ipv4();
-        fill_lpm4(self.map(f::MAP_SRC4)?, rules.source.iter().filter(v4))
-            .map_err(map_err(f::MAP_SRC4))?;
-        fill_lpm4(self.map(f::MAP_DST4)?, rules.destination.iter().filter(v4))
-            .map_err(map_err(f::MAP_DST4))?;
-        let v6 = |c: &&Cidr| !c.addr.is_ipv4();
-        fill_lpm6(self.map(f::MAP_SRC6)?, rules.source.iter().filter(v6))
-            .map_err(map_err(f::MAP_SRC6))?;
-        fill_lpm6(self.map(f::MAP_DST6)?, rules.destination.iter().filter(v6))
-            .map_err(map_err(f::MAP_DST6))?;
+        let v4 = |list: &[Cidr]| -> Vec<(u8, [u8; 4])> {
+            list.iter()
+                .filter_map(|c| match c.addr {
+                    IpAddr::V4(a) => Some((c.prefix_len, a.octets())),
+                    IpAddr::V6(_) => None,
+                })
+                .collect()
+        };
+        let v6 = |list: &[Cidr]| -> Vec<(u8, [u8; 16])> {
+            list.iter()
+                .filter_map(|c| match c.addr {
+                    IpAddr::V6(a) => Some((c.prefix_len, a.octets())),
+                    IpAddr::V4(_) => None,
+                })
+                .collect()
+        };
+        fill_lpm(self.map(f::MAP_SRC4)?, &v4(&rules.source)).map_err(map_err(f::MAP_SRC4))?;
+        fill_lpm(self.map(f::MAP_DST4)?, &v4(&rules.destination)).map_err(map_err(f::MAP_DST4))?;
+        fill_lpm(self.map(f::MAP_SRC6)?, &v6(&rules.source)).map_err(map_err(f::MAP_SRC6))?;
+        fill_lpm(self.map(f::MAP_DST6)?, &v6(&rules.destination)).map_err(map_err(f::MAP_DST6))?;
 
         let mut zones: HashMap<&mut MapData, u16, u8> =
             HashMap::try_from(self.map(f::MAP_ZONES)?).map_err(map_err(f::MAP_ZONES))?;
@@ -307,36 +317,18 @@ fn set_config(map: &mut aya::maps::Map, cfg: &FilterConfig) -> Result<(), Filter
     a.set(0, cfg, 0).map_err(map_err)
 }
 
-fn fill_lpm4<'a>(
+/// Replaces the prefixes of an LPM trie keyed by `N`-byte addresses.
+fn fill_lpm<const N: usize>(
     map: &mut aya::maps::Map,
-    cidrs: impl Iterator<Item = &'a Cidr>,
+    prefixes: &[(u8, [u8; N])],
 ) -> Result<(), aya::maps::MapError> {
-    let mut t: LpmTrie<&mut MapData, [u8; 4], u8> = LpmTrie::try_from(map)?;
-    let old: Vec<Key<[u8; 4]>> = t.keys().filter_map(Result::ok).collect();
+    let mut t: LpmTrie<&mut MapData, [u8; N], u8> = LpmTrie::try_from(map)?;
+    let old: Vec<Key<[u8; N]>> = t.keys().filter_map(Result::ok).collect();
     for k in &old {
         t.remove(k)?;
     }
-    for c in cidrs {
-        if let IpAddr::V4(a) = c.addr {
-            t.insert(&Key::new(c.prefix_len.into(), a.octets()), &1, 0)?;
-        }
-    }
-    Ok(())
-}
-
-fn fill_lpm6<'a>(
-    map: &mut aya::maps::Map,
-    cidrs: impl Iterator<Item = &'a Cidr>,
-) -> Result<(), aya::maps::MapError> {
-    let mut t: LpmTrie<&mut MapData, [u8; 16], u8> = LpmTrie::try_from(map)?;
-    let old: Vec<Key<[u8; 16]>> = t.keys().filter_map(Result::ok).collect();
-    for k in &old {
-        t.remove(k)?;
-    }
-    for c in cidrs {
-        if let IpAddr::V6(a) = c.addr {
-            t.insert(&Key::new(c.prefix_len.into(), a.octets()), &1, 0)?;
-        }
+    for (len, addr) in prefixes {
+        t.insert(&Key::new((*len).into(), *addr), &1, 0)?;
     }
     Ok(())
 }

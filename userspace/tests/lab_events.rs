@@ -5,10 +5,13 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use support::{assert_converges, start_agent, stats, workspace_bin};
-use xtask::lab::{CLIENT_V4, Lab, LabOptions, Node, SERVER_V4, SERVER_V6};
+use xtask::{
+    lab::{CLIENT_V4, Lab, LabOptions, Node, SERVER_V4, SERVER_V6},
+    traffic::{Load, Traffic},
+};
 
 fn fw1_table(lab: &Lab) -> Vec<support::Entry> {
     xtask::ctcompare::kernel_table(Some(lab.ns(Node::Fw1))).unwrap()
@@ -38,64 +41,17 @@ fn stat(v: &serde_json::Value, path: &str) -> u64 {
 fn cache_matches_kernel_after_real_tcp_udp_icmp_traffic_with_nat() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
     let agent = start_agent(&lab, Node::Fw1, &format!("{}-traffic", lab.prefix()), "");
-    let traffic = workspace_bin("ctsync-traffic");
-    let t = traffic.to_str().unwrap();
-    let ready = agent.dir.join("server.ready");
-    let stop = agent.dir.join("stop");
-    let _server = lab
-        .spawn(
-            Node::Server,
-            &[
-                t,
-                "serve",
-                "--listen",
-                "0.0.0.0",
-                "--listen",
-                "::",
-                "--tcp-port",
-                "5001",
-                "--udp-port",
-                "5002",
-                "--ready-file",
-                ready.to_str().unwrap(),
-            ],
-        )
-        .unwrap();
-    wait_for_file(&ready);
-    let mut clients = vec![];
-    for (i, server) in [SERVER_V4.to_string(), SERVER_V6.to_string()]
-        .iter()
-        .enumerate()
-    {
-        let ready = agent.dir.join(format!("client{i}.ready"));
-        let report = agent.dir.join(format!("client{i}.json"));
-        let args: Vec<&str> = vec![
-            t,
-            "client",
-            "--server",
-            server,
-            "--tcp-port",
-            "5001",
-            "--udp-port",
-            "5002",
-            "--tcp",
-            "40",
-            "--udp",
-            "20",
-            "--interval-ms",
-            "200",
-            "--duration-s",
-            "60",
-            "--until-file",
-            stop.to_str().unwrap(),
-            "--ready-file",
-            ready.to_str().unwrap(),
-            "--report-json",
-            report.to_str().unwrap(),
-        ];
-        clients.push(lab.spawn(Node::Client, &args).unwrap());
-        wait_for_file(&ready);
-    }
+    let traffic = Traffic::start(
+        &lab,
+        &workspace_bin("ctsync-traffic"),
+        &agent.dir,
+        &Load {
+            tcp: 40,
+            udp: 20,
+            interval_ms: 200,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
     lab.exec(
         Node::Client,
         &["ping", "-c", "3", "-i", "0.2", &SERVER_V4.to_string()],
@@ -136,9 +92,12 @@ fn cache_matches_kernel_after_real_tcp_udp_icmp_traffic_with_nat() {
         "no IPv6 UDP entry"
     );
 
-    std::fs::write(&stop, b"").unwrap();
-    for mut c in clients {
-        c.wait().unwrap();
+    let reports = traffic.stop().unwrap_or_else(|e| panic!("{e:#}"));
+    for r in &reports {
+        assert_eq!(
+            r["tcp"]["alive_at_end"], 40,
+            "traffic through fw1 broke: {r}"
+        );
     }
     // Closing connections changes states (FIN_WAIT, TIME_WAIT...): still equal.
     std::thread::sleep(Duration::from_secs(1));
@@ -146,16 +105,6 @@ fn cache_matches_kernel_after_real_tcp_udp_icmp_traffic_with_nat() {
     let s = stats(&agent);
     assert!(stat(&s, "events.new") >= 120, "{s}");
     assert_eq!(stat(&s, "events.malformed"), 0, "{s}");
-}
-
-fn wait_for_file(p: &Path) {
-    for _ in 0..100 {
-        if p.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{} did not appear within 10 s", p.display());
 }
 
 #[test]

@@ -23,3 +23,4 @@ pub mod ctcompare;
 pub mod exec;
 pub mod lab;
 pub mod setup;
+pub mod traffic;

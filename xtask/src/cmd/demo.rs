@@ -4,17 +4,15 @@
 //! bulk ctnetlink inserts, and the agent's internal cache checked against
 //! fw1's kernel table as `conntrack -L` prints it. Cleans up after itself.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use xtask::{
     agent::AgentProcess,
     build, ctcompare, exec,
     lab::{Lab, LabOptions, Node, SERVER_V4, SERVER_V6},
     setup,
+    traffic::{Load, Traffic},
 };
 
 #[derive(clap::Args)]
@@ -68,65 +66,17 @@ pub fn run(args: Args) -> Result<()> {
     println!("      running; control socket {}", agent.socket.display());
 
     step(5, "traffic through fw1, and bulk inserts");
-    let traffic = build::bin("ctsync-traffic");
-    let t = traffic.to_str().context("binary path is not UTF-8")?;
-    let dir = agent.dir.clone();
-    let file = |name: &str| -> String { dir.join(name).display().to_string() };
-    let _server = lab.spawn(
-        Node::Server,
-        &[
-            t,
-            "serve",
-            "--listen",
-            "0.0.0.0",
-            "--listen",
-            "::",
-            "--tcp-port",
-            "5001",
-            "--udp-port",
-            "5002",
-            "--ready-file",
-            &file("server.ready"),
-        ],
+    let traffic = Traffic::start(
+        &lab,
+        &build::bin("ctsync-traffic"),
+        &agent.dir,
+        &Load {
+            tcp: args.tcp,
+            udp: args.udp,
+            interval_ms: 500,
+        },
     )?;
-    wait_for(&dir.join("server.ready"))?;
-    let (tcp, udp) = (args.tcp.to_string(), args.udp.to_string());
-    let mut clients = vec![];
-    for (i, server) in [SERVER_V4.to_string(), SERVER_V6.to_string()]
-        .iter()
-        .enumerate()
-    {
-        let ready = file(&format!("client{i}.ready"));
-        let report = file(&format!("client{i}.json"));
-        clients.push(lab.spawn(
-            Node::Client,
-            &[
-                t,
-                "client",
-                "--server",
-                server,
-                "--tcp-port",
-                "5001",
-                "--udp-port",
-                "5002",
-                "--tcp",
-                &tcp,
-                "--udp",
-                &udp,
-                "--interval-ms",
-                "500",
-                "--duration-s",
-                "120",
-                "--until-file",
-                &file("stop"),
-                "--ready-file",
-                &ready,
-                "--report-json",
-                &report,
-            ],
-        )?);
-        wait_for(&PathBuf::from(&ready))?;
-    }
+    let (tcp, udp) = (args.tcp, args.udp);
     lab.exec(
         Node::Client,
         &["ping", "-c", "3", "-i", "0.2", &SERVER_V4.to_string()],
@@ -204,9 +154,15 @@ pub fn run(args: Args) -> Result<()> {
             println!("        {line}");
         }
     }
-    std::fs::write(dir.join("stop"), b"")?;
-    for mut c in clients {
-        c.wait()?;
+    let reports = traffic.stop()?;
+    for (fam, r) in ["IPv4", "IPv6"].iter().zip(&reports) {
+        println!(
+            "      {fam} traffic: {}/{} TCP connections alive at the end, {}/{} UDP flows replying",
+            r["tcp"]["alive_at_end"],
+            r["tcp"]["requested"],
+            r["udp"]["flows_with_replies_at_end"],
+            r["udp"]["requested"]
+        );
     }
     drop(agent);
     lab.down()?;
@@ -218,14 +174,4 @@ pub fn run(args: Args) -> Result<()> {
         "Not yet shown (open issues): replication to fw2, XDP receive path, failover with keepalived."
     );
     Ok(())
-}
-
-fn wait_for(p: &std::path::Path) -> Result<()> {
-    for _ in 0..300 {
-        if p.exists() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{} did not appear within 30 s", p.display())
 }
