@@ -15,3 +15,4 @@ pub mod display;
 pub mod events;
 pub mod filter;
 pub mod nlsock;
+pub mod transport;
