@@ -31,6 +31,15 @@ mod slot {
     pub const SEEN: u8 = 1 << 3;
 }
 
+/// What [`Cache::lookup`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Live(&'a CtRecord, Option<&'a CtExt>),
+    /// Destroyed at this version; the DESTROY is still queued.
+    Gone(u64),
+    Unknown,
+}
+
 /// What `upsert` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upsert {
@@ -43,8 +52,8 @@ pub enum Upsert {
 pub enum Change<'a> {
     /// The entry's newest state.
     Upsert(&'a CtRecord, Option<&'a CtExt>),
-    /// The entry is gone.
-    Destroy(&'a Tuple),
+    /// The entry is gone, as of this version.
+    Destroy(&'a Tuple, u64),
 }
 
 pub struct Cache {
@@ -54,6 +63,8 @@ pub struct Cache {
     index: HashTable<u32>,
     hasher: hashbrown::DefaultHashBuilder,
     ext: HashMap<u32, CtExt>,
+    /// Tombstones waiting in the queue, by key (the newest per key).
+    graves: HashMap<Tuple, u32>,
     queue: std::collections::VecDeque<u32>,
     live: usize,
     next_version: u64,
@@ -74,6 +85,7 @@ impl Cache {
             index: HashTable::new(),
             hasher: Default::default(),
             ext: HashMap::new(),
+            graves: HashMap::new(),
             queue: Default::default(),
             live: 0,
             next_version: 1,
@@ -103,6 +115,7 @@ impl Cache {
             + index_bytes(self.index.capacity())
             + self.queue.capacity() * 4
             + self.ext.capacity() * (size_of::<u32>() + size_of::<CtExt>() + 1)
+            + self.graves.capacity() * (size_of::<Tuple>() + size_of::<u32>() + 1)
     }
 
     fn hash(&self, key: &Tuple) -> u64 {
@@ -214,6 +227,7 @@ impl Cache {
         self.rec_mut(s).version = v;
         self.ext.remove(&s);
         self.states[s as usize] = (self.states[s as usize] & slot::QUEUED) | slot::TOMBSTONE;
+        self.graves.insert(*key, s);
         self.enqueue(s);
         true
     }
@@ -227,7 +241,12 @@ impl Cache {
             };
             let st = self.states[s as usize];
             if st & slot::TOMBSTONE != 0 {
-                f(Change::Destroy(&self.rec(s).orig));
+                let r = self.rec(s);
+                f(Change::Destroy(&r.orig, r.version));
+                if self.graves.get(&r.orig) == Some(&s) {
+                    let key = r.orig;
+                    self.graves.remove(&key);
+                }
                 self.states[s as usize] = 0;
                 self.free.push(s);
             } else {
@@ -237,6 +256,41 @@ impl Cache {
             n += 1;
         }
         n
+    }
+
+    /// What the cache knows of `key`: live state, a tombstone not yet drained
+    /// (with the version of the destruction), or nothing.
+    pub fn lookup(&self, key: &Tuple) -> Lookup<'_> {
+        if let Some((r, e)) = self.get(key) {
+            return Lookup::Live(r, e);
+        }
+        self.graves
+            .get(key)
+            .map_or(Lookup::Unknown, |&s| Lookup::Gone(self.rec(s).version))
+    }
+
+    /// Visits up to `max` live entries from slot `cursor` on; returns the
+    /// slot to continue from, or `None` at the end of the cache. Entries
+    /// live for the whole walk are visited once.
+    pub fn walk(
+        &self,
+        cursor: u64,
+        max: usize,
+        mut visit: impl FnMut(&CtRecord, Option<&CtExt>),
+    ) -> Option<u64> {
+        let mut s = cursor as usize;
+        let mut seen = 0;
+        while s < self.states.len() {
+            if seen == max {
+                return Some(s as u64);
+            }
+            if self.states[s] & slot::LIVE != 0 {
+                visit(self.rec(s as u32), self.ext.get(&(s as u32)));
+                seen += 1;
+            }
+            s += 1;
+        }
+        None
     }
 
     /// Drops every entry and every queued change.
@@ -347,7 +401,7 @@ mod tests {
         let mut out = vec![];
         c.drain_changes(usize::MAX, |ch| match ch {
             Change::Upsert(r, _) => out.push((true, r.orig, r.proto_state)),
-            Change::Destroy(k) => out.push((false, *k, 0)),
+            Change::Destroy(k, _) => out.push((false, *k, 0)),
         });
         out
     }
@@ -391,6 +445,27 @@ mod tests {
         c.upsert(&r, None);
         assert_eq!(drain(&mut c), vec![(false, r.orig, 0), (true, r.orig, 1)]);
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn lookup_sees_live_entries_and_undrained_tombstones_and_walk_visits_all() {
+        let mut c = Cache::new();
+        for i in 0..10 {
+            c.upsert(&rec(i), None);
+        }
+        c.remove(&rec(3).orig);
+        let Lookup::Gone(v) = c.lookup(&rec(3).orig) else {
+            panic!("tombstone not found")
+        };
+        assert!(matches!(c.lookup(&rec(4).orig), Lookup::Live(r, None) if r.version < v));
+        drain(&mut c);
+        assert_eq!(c.lookup(&rec(3).orig), Lookup::Unknown);
+        let mut seen = vec![];
+        let mut cursor = Some(0);
+        while let Some(cur) = cursor {
+            cursor = c.walk(cur, 4, |r, _| seen.push(r.orig));
+        }
+        assert_eq!(seen.len(), 9);
     }
 
     #[test]
