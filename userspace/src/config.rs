@@ -22,6 +22,7 @@ pub struct Config {
     pub general: General,
     pub events: Events,
     pub filter: Filter,
+    pub sync: Sync,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -61,6 +62,51 @@ impl Default for Events {
             read_batch: 64,
         }
     }
+}
+
+/// Replication over the dedicated links (FT-FW over UDP).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sync {
+    /// The dedicated links, in order of preference (at most 4). None: no
+    /// replication, the agent only keeps its internal cache.
+    pub links: Vec<SyncLink>,
+    /// UDP port on every link.
+    pub port: u16,
+    /// MTU of the links: datagrams are packed up to it.
+    pub mtu: u16,
+    /// This node's id in every datagram (0: derived from the first link's
+    /// local address). Peers must differ.
+    pub node_id: u32,
+    /// Records sent and not yet acknowledged, at most.
+    pub window: usize,
+    /// Ask the peer for a full resend at start-up.
+    pub startup_resync: bool,
+}
+
+impl Default for Sync {
+    fn default() -> Self {
+        Sync {
+            links: vec![],
+            port: 3780,
+            mtu: 1500,
+            node_id: 0,
+            window: 16384,
+            startup_resync: true,
+        }
+    }
+}
+
+/// One dedicated link.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SyncLink {
+    /// The interface (sockets are bound to it).
+    pub interface: String,
+    /// This node's address on the link.
+    pub local: IpAddr,
+    /// The peer's address, or a multicast group both nodes join.
+    pub peer: IpAddr,
 }
 
 /// Accept lists keep only what they name; ignore lists drop what they name.
@@ -416,6 +462,57 @@ impl Config {
                 ),
             ));
         }
+        let sync = &self.sync;
+        if sync.links.len() > 4 {
+            return Err((
+                "sync.links",
+                format!("{} links given, at most 4 are supported", sync.links.len()),
+            ));
+        }
+        for (i, l) in sync.links.iter().enumerate() {
+            if l.interface.is_empty() || l.interface.len() > 15 {
+                return Err((
+                    "sync.links.interface",
+                    format!("link {}: {:?} is not an interface name", i + 1, l.interface),
+                ));
+            }
+            if l.local.is_ipv4() != l.peer.is_ipv4() {
+                return Err((
+                    "sync.links",
+                    format!(
+                        "link {} ({}): local and peer addresses are of different families",
+                        i + 1,
+                        l.interface
+                    ),
+                ));
+            }
+            if l.local == l.peer || l.local.is_unspecified() || l.local.is_multicast() {
+                return Err((
+                    "sync.links.local",
+                    format!(
+                        "link {} ({}): {} can't be this node's address on the link",
+                        i + 1,
+                        l.interface,
+                        l.local
+                    ),
+                ));
+            }
+        }
+        if !(576..=65535).contains(&sync.mtu) {
+            return Err((
+                "sync.mtu",
+                format!("{} is out of range 576..=65535", sync.mtu),
+            ));
+        }
+        if sync.port == 0 {
+            return Err(("sync.port", "0 is not a port".into()));
+        }
+        if !(64..=1 << 20).contains(&sync.window) {
+            return Err((
+                "sync.window",
+                format!("{} is out of range 64..=1048576", sync.window),
+            ));
+        }
         if self.filter.zone.list.len() > ctsync_common::filter::MAX_ZONES as usize {
             return Err((
                 "filter.zone.list",
@@ -487,6 +584,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("events.socket_buffer_max"), "{err}");
+    }
+
+    #[test]
+    fn sync_links_parse_and_are_checked() {
+        let c = parse(
+            "[sync]\nport = 3799\n[[sync.links]]\ninterface = \"sync0\"\nlocal = \"10.9.1.1\"\npeer = \"10.9.1.2\"\n\
+             [[sync.links]]\ninterface = \"sync1\"\nlocal = \"fd09::1\"\npeer = \"ff02::1:3\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.sync.links.len(), 2);
+        assert_eq!(c.sync.port, 3799);
+        let err = parse(
+            "[[sync.links]]\ninterface = \"sync0\"\nlocal = \"10.9.1.1\"\npeer = \"fd00::2\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("different families"), "{err}");
+        let err = parse("[[sync.links]]\ninterface = \"sync0\"\nlocal = \"10.9.1.1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("peer") && err.contains("line 1"), "{err}");
     }
 
     #[test]
