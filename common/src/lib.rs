@@ -8,6 +8,7 @@
 
 pub mod conntrack;
 pub mod filter;
+pub mod wire;
 
 pub use conntrack::{CtExt, CtRecord, NatSeq, Tuple};
 pub use filter::{Counter, FilterConfig, MarkMatch};

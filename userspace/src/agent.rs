@@ -10,9 +10,11 @@ use std::{
         unix::fs::FileTypeExt,
     },
     path::{Path, PathBuf},
-    time::Duration,
+    task::Poll,
+    time::{Duration, Instant},
 };
 
+use ctsync_common::{CtExt, CtRecord};
 use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest},
@@ -26,6 +28,8 @@ use crate::{
     display::EntryView,
     events::{EventSource, EventsError},
     filter::Rules,
+    replication::Replication,
+    transport::TransportError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +46,31 @@ pub enum AgentError {
     SocketInUse { path: PathBuf },
     #[error("cannot create control socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
+}
+
+/// How often the sync links' carrier state is read.
+const LINK_CHECK: Duration = Duration::from_millis(100);
+
+/// Waits until one of the sockets is readable (clearing its readiness: the
+/// caller drains every socket).
+async fn any_readable(fds: &[tokio::io::unix::AsyncFd<FdRef>]) {
+    if fds.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for fd in fds {
+            if let Poll::Ready(Ok(mut guard)) = fd.poll_read_ready(cx) {
+                guard.clear_ready();
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A drain that found this many events means the event rate is high...
@@ -102,6 +129,8 @@ pub struct Agent {
     config_path: Option<PathBuf>,
     source: EventSource,
     cache: Cache,
+    /// Replication to and from the peer, when sync links are configured.
+    repl: Option<Replication>,
 }
 
 impl Agent {
@@ -114,11 +143,18 @@ impl Agent {
         let mut source = EventSource::open(&config)?;
         let mut cache = Cache::new();
         source.resync(&mut cache)?;
+        let repl = if config.sync.links.is_empty() {
+            tracing::info!("no [[sync.links]] configured: replication is off");
+            None
+        } else {
+            Some(Replication::open(&config.sync, Instant::now())?)
+        };
         Ok(Agent {
             config,
             config_path,
             source,
             cache,
+            repl,
         })
     }
 
@@ -138,7 +174,9 @@ impl Agent {
             }
             Err(e) => json!({ "error": e.to_string() }),
         };
+        let sync = self.repl.as_ref().map(Replication::stats_json);
         json!({
+            "sync": sync,
             "events": self.source.stats,
             "filter": filter,
             "cache": {
@@ -161,7 +199,13 @@ impl Agent {
         let mut changed = vec![];
         if new.filter != self.config.filter {
             self.source
-                .set_rules(Rules::from_config(&new.filter), &mut self.cache)
+                .set_rules(
+                    Rules::for_agent(&Config {
+                        sync: self.config.sync.clone(),
+                        ..new.clone()
+                    }),
+                    &mut self.cache,
+                )
                 .map_err(|e| format!("applying the new filter failed: {e}"))?;
             changed.push("filter");
         }
@@ -219,29 +263,42 @@ impl Agent {
                 write_line(&mut w, &r.map_or_else(Reply::err, Reply::ok)).await
             }
             Request::DumpInternal => {
-                let mut head = Reply::ok(serde_json::Value::Null);
-                head.data = None;
-                head.count = Some(self.cache.len());
-                write_line(&mut w, &head).await?;
-                let mut buf = Vec::with_capacity(1 << 16);
-                for (rec, ext) in self.cache.iter() {
-                    serde_json::to_writer(&mut buf, &EntryView::new(rec, ext))
-                        .expect("entries serialise");
-                    buf.push(b'\n');
-                    if buf.len() > 60_000 {
-                        w.write_all(&buf).await?;
-                        buf.clear();
+                let n = self.cache.len();
+                write_dump(&mut w, n, self.cache.iter()).await
+            }
+            Request::DumpExternal => match &self.repl {
+                Some(r) => write_dump(&mut w, r.external().len(), r.external().iter()).await,
+                None => write_line(&mut w, &Reply::err(NO_SYNC)).await,
+            },
+            Request::ResyncRequest => {
+                let reply = match &mut self.repl {
+                    Some(r) => Reply::ok(json!({ "request": r.request_resync(Instant::now()) })),
+                    None => Reply::err(NO_SYNC),
+                };
+                write_line(&mut w, &reply).await
+            }
+            Request::ResyncBulk => {
+                let reply = match &mut self.repl {
+                    Some(r) => {
+                        r.start_bulk();
+                        Reply::ok(json!({ "entries": self.cache.len() }))
                     }
-                }
-                w.write_all(&buf).await
+                    None => Reply::err(NO_SYNC),
+                };
+                write_line(&mut w, &reply).await
             }
         }
     }
 
-    /// Changes have no consumer until replication exists: drop them so that
-    /// tombstones don't pile up.
-    fn discard_changes(&mut self) {
-        self.cache.drain_changes(usize::MAX, |_| {});
+    /// Hands queued changes to the sender and sends what is due; without
+    /// replication, drops them so that tombstones don't pile up.
+    fn after_input(&mut self) {
+        match &mut self.repl {
+            Some(r) => r.flush(Instant::now(), &mut self.cache),
+            None => {
+                self.cache.drain_changes(usize::MAX, |_| {});
+            }
+        }
     }
 
     /// Runs until `shutdown` completes or a fatal error.
@@ -254,6 +311,22 @@ impl Agent {
             unsafe { tokio::io::unix::AsyncFd::register_with_interest(ev_fd, Interest::READABLE) }
                 .map_err(|e| AgentError::Io(e.into()))?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut links = Vec::new();
+        if let Some(r) = &self.repl {
+            for s in r.transport().sockets() {
+                // SAFETY: the transport owns these sockets for as long as the
+                // AsyncFds (dropped before `self`) are registered.
+                let fd = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        FdRef(s.as_raw_fd()),
+                        Interest::READABLE,
+                    )
+                }
+                .map_err(|e| AgentError::Io(e.into()))?;
+                links.push(fd);
+            }
+        }
+        let mut link_check = tokio::time::interval(LINK_CHECK);
         tracing::info!(
             entries = self.cache.len(),
             socket = %self.config.general.control_socket.display(),
@@ -261,12 +334,36 @@ impl Agent {
         );
         tokio::pin!(shutdown);
         loop {
+            let deadline = self.repl.as_ref().and_then(Replication::poll_timeout);
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = any_readable(&links) => {
+                    if let Some(r) = &mut self.repl {
+                        r.receive(Instant::now());
+                    }
+                    self.after_input();
+                }
+                _ = timer => {
+                    if let Some(r) = &mut self.repl {
+                        r.handle_timeout(Instant::now());
+                    }
+                    self.after_input();
+                }
+                _ = link_check.tick(), if self.repl.is_some() => {
+                    if let Some(r) = &mut self.repl {
+                        r.poll_links();
+                    }
+                }
                 guard = events.readable() => {
                     let mut guard = guard?;
                     let n = self.source.drain(&mut self.cache)?;
-                    self.discard_changes();
+                    self.after_input();
                     guard.clear_ready();
                     // Under load, let events accumulate briefly so that one
                     // wake-up drains many (waking per event costs about 2.5x
@@ -281,19 +378,43 @@ impl Agent {
                     {
                         tracing::debug!("control connection: {e}");
                     }
-                    self.discard_changes();
+                    self.after_input();
                 }
                 _ = hup.recv() => {
                     if let Err(e) = self.reload() {
                         tracing::error!("reload failed: {e}");
                     }
-                    self.discard_changes();
+                    self.after_input();
                 }
             }
         }
         tracing::info!("agent stopped");
         Ok(())
     }
+}
+
+const NO_SYNC: &str = "replication is off: configure [[sync.links]] to sync with a peer";
+
+/// A dump: the header line with the count, then one JSON line per entry.
+async fn write_dump<'a>(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    count: usize,
+    entries: impl Iterator<Item = (&'a CtRecord, Option<&'a CtExt>)>,
+) -> io::Result<()> {
+    let mut head = Reply::ok(serde_json::Value::Null);
+    head.data = None;
+    head.count = Some(count);
+    write_line(w, &head).await?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for (r, e) in entries.take(count) {
+        serde_json::to_writer(&mut buf, &EntryView::new(r, e)).expect("entries serialise");
+        buf.push(b'\n');
+        if buf.len() > 60_000 {
+            w.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+    w.write_all(&buf).await
 }
 
 async fn write_line(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> io::Result<()> {

@@ -24,6 +24,12 @@ pub enum Request {
     Reload,
     /// Rebuild the internal cache from a kernel table dump.
     ResyncKernel,
+    /// Every entry of the external cache (the peer's state).
+    DumpExternal,
+    /// Ask the peer to resend its whole internal cache.
+    ResyncRequest,
+    /// Send our whole internal cache to the peer.
+    ResyncBulk,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

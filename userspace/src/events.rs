@@ -90,7 +90,7 @@ impl EventSource {
             .set_recv_buffer(bytes)
             .map_err(|source| EventsError::Buffer { bytes, source })?;
         let mut filter = EventFilter::load()?;
-        let rules = Rules::from_config(&config.filter);
+        let rules = Rules::for_agent(config);
         filter.apply(&rules)?;
         filter.attach(&sock)?;
         Ok(EventSource {

@@ -33,6 +33,27 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// The agent's rules: the filter config, plus (in ignore mode) the sync
+    /// links' own addresses, so that the replication traffic itself is never
+    /// replicated.
+    pub fn for_agent(c: &config::Config) -> Rules {
+        let mut filter = c.filter.clone();
+        if filter.address.mode == Mode::Ignore {
+            for l in &c.sync.links {
+                for a in [l.local, l.peer] {
+                    if !a.is_multicast() {
+                        let prefix_len = if a.is_ipv4() { 32 } else { 128 };
+                        filter.address.source.push(Cidr {
+                            addr: a,
+                            prefix_len,
+                        });
+                    }
+                }
+            }
+        }
+        Rules::from_config(&filter)
+    }
+
     pub fn from_config(c: &config::Filter) -> Rules {
         let mut cfg = FilterConfig {
             flags: flags::CONFIGURED,

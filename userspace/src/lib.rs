@@ -14,5 +14,7 @@ pub mod ctnetlink;
 pub mod display;
 pub mod events;
 pub mod filter;
+pub mod ftfw;
 pub mod nlsock;
+pub mod replication;
 pub mod transport;

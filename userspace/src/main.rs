@@ -71,12 +71,18 @@ enum Cmd {
 enum Which {
     /// The local conntrack table as the agent knows it.
     Internal,
+    /// The peer's conntrack table, as replicated to this node.
+    External,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
 enum ResyncWhat {
     /// Rebuild the internal cache from a kernel table dump.
     Kernel,
+    /// Ask the peer to resend its whole internal cache.
+    Request,
+    /// Send our whole internal cache to the peer.
+    Bulk,
 }
 
 fn load_config(explicit: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
@@ -151,11 +157,12 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", path.display());
             Ok(())
         }
-        Cmd::Dump {
-            which: Which::Internal,
-            json,
-        } => {
-            let (client, reply) = Client::request(&socket_path(&cli), &Request::DumpInternal)?;
+        Cmd::Dump { which, json } => {
+            let req = match which {
+                Which::Internal => Request::DumpInternal,
+                Which::External => Request::DumpExternal,
+            };
+            let (client, reply) = Client::request(&socket_path(&cli), &req)?;
             let count = reply.count.unwrap_or(0);
             let out = std::io::stdout();
             let mut out = std::io::BufWriter::new(out.lock());
@@ -196,10 +203,13 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             let (_, reply) = Client::request(&socket_path(&cli), &Request::Reload)?;
             print_json(&reply.data.unwrap_or_default())
         }
-        Cmd::Resync {
-            what: ResyncWhat::Kernel,
-        } => {
-            let (_, reply) = Client::request(&socket_path(&cli), &Request::ResyncKernel)?;
+        Cmd::Resync { what } => {
+            let req = match what {
+                ResyncWhat::Kernel => Request::ResyncKernel,
+                ResyncWhat::Request => Request::ResyncRequest,
+                ResyncWhat::Bulk => Request::ResyncBulk,
+            };
+            let (_, reply) = Client::request(&socket_path(&cli), &req)?;
             print_json(&reply.data.unwrap_or_default())
         }
     }

@@ -106,7 +106,12 @@ impl AgentProcess {
 
     /// The internal cache, normalised and sorted.
     pub fn dump_internal(&self) -> Result<Vec<Entry>> {
-        ctcompare::parse_ctsync_dump(&self.ctl(&["dump", "internal", "--json"])?)
+        self.dump("internal")
+    }
+
+    /// A cache (`internal` or `external`), normalised and sorted.
+    pub fn dump(&self, which: &str) -> Result<Vec<Entry>> {
+        ctcompare::parse_ctsync_dump(&self.ctl(&["dump", which, "--json"])?)
     }
 
     /// Polls until the internal cache equals `expected()` for up to `timeout`;
@@ -114,24 +119,67 @@ impl AgentProcess {
     pub fn wait_converged(
         &self,
         timeout: Duration,
+        expected: impl FnMut() -> Result<Vec<Entry>>,
+    ) -> Result<usize> {
+        self.wait_cache_equals("internal", timeout, expected)
+    }
+
+    /// Polls until cache `which` equals `expected()` for up to `timeout`.
+    pub fn wait_cache_equals(
+        &self,
+        which: &str,
+        timeout: Duration,
         mut expected: impl FnMut() -> Result<Vec<Entry>>,
     ) -> Result<usize> {
         let deadline = Instant::now() + timeout;
         loop {
             let k = expected()?;
-            let a = self.dump_internal()?;
+            let a = self.dump(which)?;
             if k == a {
                 return Ok(k.len());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the internal cache did not converge to the kernel table within {timeout:?}: {}\nagent log:\n{}",
+                    "the {which} cache did not converge within {timeout:?}: {}\nagent log:\n{}",
                     ctcompare::diff(&k, &a),
                     self.log()
                 );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Stops the agent the hard way (a crash), keeping its directory.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Starts the agent again with the same config (after `kill`).
+    pub fn restart(&mut self, lab: &Lab, node: Node) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        self.child = Command::new("ip")
+            .args(["netns", "exec", lab.ns(node)])
+            .arg(&self.bin)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ctl(&["stats", "--json"]).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the restarted agent did not answer within 30 s:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// Sends a signal to the agent (e.g. SIGSTOP/SIGCONT in tests).

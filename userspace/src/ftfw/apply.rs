@@ -1,0 +1,274 @@
+//! How the backup applies delivered records to its external cache, and a
+//! reference table that does it (used by the simulation tests and by the
+//! userspace receive path; the XDP program applies the same rule to its BPF
+//! map).
+//!
+//! The receiver delivers every valid record it gets, duplicates and late
+//! arrivals included; this rule is what makes them harmless:
+//!
+//! 1. Each stored entry (live or a tombstone) remembers the version it holds
+//!    and the [`Stamp`] (sender session, sequence number) of the datagram
+//!    that last set or refreshed it.
+//! 2. An incoming record replaces the stored one when it comes from another
+//!    sender session than the stored stamp (versions of different sessions
+//!    are not comparable: a restarted primary counts again from its own
+//!    start), or when its version is higher. At an equal version it only
+//!    refreshes the stamp (bulk sends resend unchanged entries).
+//! 3. A DESTROY leaves a tombstone (version, stamp), so that an older state
+//!    arriving late cannot resurrect the entry. Tombstones can be expired once
+//!    no older datagram can still arrive (a few reorder horizons; the
+//!    simulation keeps them).
+//! 4. At the end of a bulk send the receiver emits a [`Purge`]: every entry
+//!    whose stamp is outside the purge's window was not refreshed by the
+//!    bulk, so the primary no longer has it (it was destroyed while the two
+//!    were apart, or the DESTROY was dropped in a sender overflow): remove it.
+
+use ctsync_common::{CtExt, CtRecord, Tuple};
+use hashbrown::HashMap;
+
+use super::DataRecord;
+
+/// Which datagram last set an entry: the sender's session and the
+/// datagram's (wire) sequence number.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Hash)]
+pub struct Stamp {
+    pub session: u32,
+    pub seq: u32,
+}
+
+/// "Keep only entries set or refreshed since the bulk began": the entries
+/// whose stamp has this `session` and a sequence number at or after `from`
+/// (serial arithmetic: within 2^31 after it). Everything else is stale.
+///
+/// The window is open-ended on purpose: XDP keeps applying records while
+/// the agent purges, and anything it applies meanwhile is newer than the
+/// bulk's start. (An entry left untouched for 2^31 datagrams, hours at full
+/// rate, could look recent; the agent's timeout expiry bounds that.)
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Purge {
+    pub session: u32,
+    /// The sequence number the bulk began at.
+    pub from: u32,
+}
+
+impl Purge {
+    pub fn keeps(&self, stamp: &Stamp) -> bool {
+        stamp.session == self.session && stamp.seq.wrapping_sub(self.from) < 1 << 31
+    }
+}
+
+/// Rule 2: whether an incoming record (`stamp`, `version`) replaces a stored
+/// one. When it does not but the versions are equal, the stored stamp is
+/// refreshed (see [`ExternalTable::apply`]).
+pub fn supersedes(stored: &Stamp, stored_version: u64, incoming: &Stamp, version: u64) -> bool {
+    stored.session != incoming.session || version > stored_version
+}
+
+/// Serial-number "a is after b" for 32-bit sequence numbers.
+fn seq_after(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Held {
+    Live(CtRecord, Option<CtExt>),
+    Gone(u64),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    held: Held,
+    stamp: Stamp,
+}
+
+impl Slot {
+    fn version(&self) -> u64 {
+        match self.held {
+            Held::Live(r, _) => r.version,
+            Held::Gone(v) => v,
+        }
+    }
+}
+
+/// An external cache in a hash map, applying the rule above.
+#[derive(Clone, Debug, Default)]
+pub struct ExternalTable {
+    map: HashMap<Tuple, Slot>,
+    live: usize,
+}
+
+impl ExternalTable {
+    pub fn new() -> ExternalTable {
+        ExternalTable::default()
+    }
+
+    /// Applies one delivered record; returns whether it changed the entry's
+    /// state (a refresh of the stamp alone returns false).
+    pub fn apply(&mut self, stamp: Stamp, rec: &DataRecord) -> bool {
+        let held = match *rec {
+            DataRecord::State { record, ext } => Held::Live(record, ext),
+            DataRecord::Destroy { version, .. } => Held::Gone(version),
+        };
+        let version = rec.version();
+        let new = Slot { held, stamp };
+        match self.map.get_mut(rec.key()) {
+            None => {
+                self.live += usize::from(matches!(held, Held::Live(..)));
+                self.map.insert(*rec.key(), new);
+                true
+            }
+            Some(slot) => {
+                if supersedes(&slot.stamp, slot.version(), &stamp, version) {
+                    let was_live = matches!(slot.held, Held::Live(..));
+                    let is_live = matches!(held, Held::Live(..));
+                    self.live = self.live + usize::from(is_live) - usize::from(was_live);
+                    *slot = new;
+                    true
+                } else {
+                    if version == slot.version() && seq_after(stamp.seq, slot.stamp.seq) {
+                        slot.stamp = stamp;
+                    }
+                    false
+                }
+            }
+        }
+    }
+
+    /// Removes every entry and tombstone the purge does not keep; returns how
+    /// many live entries went.
+    pub fn purge(&mut self, purge: &Purge) -> usize {
+        let before = self.live;
+        let mut live = self.live;
+        self.map.retain(|_, slot| {
+            let keep = purge.keeps(&slot.stamp);
+            if !keep && matches!(slot.held, Held::Live(..)) {
+                live -= 1;
+            }
+            keep
+        });
+        self.live = live;
+        before - live
+    }
+
+    /// A live entry.
+    pub fn get(&self, key: &Tuple) -> Option<(&CtRecord, Option<&CtExt>)> {
+        match &self.map.get(key)?.held {
+            Held::Live(r, e) => Some((r, e.as_ref())),
+            Held::Gone(_) => None,
+        }
+    }
+
+    /// The stamp of an entry or tombstone.
+    pub fn stamp(&self, key: &Tuple) -> Option<Stamp> {
+        self.map.get(key).map(|s| s.stamp)
+    }
+
+    /// Live entries.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.map.len() - self.live
+    }
+
+    /// Iterates over live entries.
+    pub fn iter(&self) -> impl Iterator<Item = (&CtRecord, Option<&CtExt>)> + '_ {
+        self.map.values().filter_map(|s| match &s.held {
+            Held::Live(r, e) => Some((r, e.as_ref())),
+            Held::Gone(_) => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(k: u8, version: u64) -> DataRecord {
+        let mut r = CtRecord::default();
+        r.orig.src[0] = k;
+        r.version = version;
+        DataRecord::State {
+            record: r,
+            ext: None,
+        }
+    }
+
+    fn key(k: u8) -> Tuple {
+        let mut t = Tuple::default();
+        t.src[0] = k;
+        t
+    }
+
+    const S1: Stamp = Stamp {
+        session: 1,
+        seq: 10,
+    };
+
+    #[test]
+    fn newer_versions_win_and_late_ones_do_not() {
+        let mut t = ExternalTable::new();
+        assert!(t.apply(S1, &rec(1, 5)));
+        assert!(t.apply(S1, &rec(1, 7)));
+        assert!(!t.apply(S1, &rec(1, 6)));
+        assert_eq!(t.get(&key(1)).unwrap().0.version, 7);
+        // A late older state cannot resurrect a destroyed entry.
+        assert!(t.apply(
+            S1,
+            &DataRecord::Destroy {
+                key: key(1),
+                version: 8
+            }
+        ));
+        assert!(!t.apply(S1, &rec(1, 7)));
+        assert!(t.get(&key(1)).is_none());
+        assert_eq!((t.len(), t.tombstones()), (0, 1));
+        // A re-creation is newer.
+        assert!(t.apply(S1, &rec(1, 9)));
+        assert_eq!((t.len(), t.tombstones()), (1, 0));
+    }
+
+    #[test]
+    fn another_session_always_wins() {
+        let mut t = ExternalTable::new();
+        t.apply(S1, &rec(1, 1000));
+        let s2 = Stamp { session: 2, seq: 1 };
+        assert!(t.apply(s2, &rec(1, 3)));
+        assert_eq!(t.get(&key(1)).unwrap().0.version, 3);
+    }
+
+    #[test]
+    fn purge_keeps_only_what_the_bulk_refreshed() {
+        let mut t = ExternalTable::new();
+        let at = |seq| Stamp { session: 1, seq };
+        t.apply(at(u32::MAX - 1), &rec(1, 5)); // before the bulk
+        t.apply(at(u32::MAX - 1), &rec(2, 5)); // refreshed by the bulk
+        t.apply(
+            at(u32::MAX),
+            &DataRecord::Destroy {
+                key: key(3),
+                version: 2,
+            },
+        );
+        t.apply(Stamp { session: 9, seq: 3 }, &rec(4, 1)); // old session
+        // The bulk begins at u32::MAX (wrapping) and refreshes entry 2 at an
+        // equal version.
+        assert!(!t.apply(at(2), &rec(2, 5)));
+        t.apply(at(3), &rec(5, 1));
+        let p = Purge {
+            session: 1,
+            from: u32::MAX,
+        };
+        assert_eq!(t.purge(&p), 2);
+        let mut keys: Vec<u8> = t.iter().map(|(r, _)| r.orig.src[0]).collect();
+        keys.sort();
+        assert_eq!(keys, [2, 5]);
+        assert_eq!(t.tombstones(), 1);
+    }
+}

@@ -1,0 +1,311 @@
+//! Replication I/O: the FT-FW sender (our internal cache to the peer) and
+//! receiver (the peer's internal cache into our external cache) over the
+//! sync-link transport. Both firewalls run both halves; the protocol lives
+//! in `ftfw`, sockets in `transport`, this module only moves bytes, time and
+//! changes between them.
+
+use std::{net::IpAddr, time::Instant};
+
+use ctsync_common::{CtExt, CtRecord, Tuple, wire};
+use serde_json::json;
+
+use crate::{
+    cache::{self, Cache, Change},
+    config,
+    ftfw::{
+        self, DataRecord, ExternalTable, Receiver, ReceiverConfig, ReceiverEvent, Sender,
+        SenderConfig, SenderEvent, StateLookup,
+    },
+    transport::{LinkConfig, Transport, TransportError},
+};
+
+/// The internal cache as the sender sees it.
+struct CacheLookup<'a>(&'a Cache);
+
+impl StateLookup for CacheLookup<'_> {
+    fn current(&self, key: &Tuple) -> ftfw::Lookup {
+        match self.0.lookup(key) {
+            cache::Lookup::Live(r, e) => ftfw::Lookup::Live(*r, e.copied()),
+            cache::Lookup::Gone(v) => ftfw::Lookup::Gone(v),
+            cache::Lookup::Unknown => ftfw::Lookup::Unknown,
+        }
+    }
+
+    fn bulk(
+        &self,
+        cursor: u64,
+        max: usize,
+        visit: &mut dyn FnMut(&CtRecord, Option<&CtExt>),
+    ) -> Option<u64> {
+        self.0.walk(cursor, max, visit)
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReplicationStats {
+    /// Datagrams that were neither ours to handle nor decodable.
+    pub malformed: u64,
+    /// Records that changed the external cache.
+    pub applied: u64,
+    /// External entries removed at the end of a bulk send (gone on the peer).
+    pub purged: u64,
+    /// Sends refused by every link (the peer will NACK the gap).
+    pub send_errors: u64,
+    pub bulks_sent: u64,
+    pub bulks_received: u64,
+    pub peer_restarts: u64,
+}
+
+pub struct Replication {
+    transport: Transport,
+    sender: Sender,
+    receiver: Receiver,
+    external: ExternalTable,
+    tx: Vec<u8>,
+    rx: Vec<u8>,
+    pub stats: ReplicationStats,
+}
+
+/// This node's id: configured, or the low bits of the first link's address.
+fn node_id(cfg: &config::Sync) -> u32 {
+    if cfg.node_id != 0 {
+        return cfg.node_id;
+    }
+    match cfg.links.first().map(|l| l.local) {
+        Some(IpAddr::V4(a)) => u32::from(a),
+        Some(IpAddr::V6(a)) => u128::from(a) as u32,
+        None => 1,
+    }
+}
+
+impl Replication {
+    /// Opens the links and sets both halves up. `now` starts their clocks.
+    pub fn open(cfg: &config::Sync, now: Instant) -> Result<Replication, TransportError> {
+        let links: Vec<LinkConfig> = cfg
+            .links
+            .iter()
+            .map(|l| LinkConfig {
+                interface: l.interface.clone(),
+                local: l.local,
+                peer: l.peer,
+                port: cfg.port,
+            })
+            .collect();
+        let transport = Transport::open(&links)?;
+        let ipv6 = cfg.links.first().is_some_and(|l| l.local.is_ipv6());
+        let max_datagram = wire::datagram_budget(cfg.mtu.into(), ipv6);
+        // Grows across restarts, so the peer can tell a successor from a late
+        // HELLO of its predecessor.
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let seed = incarnation ^ u64::from(std::process::id()) << 32;
+        let node = node_id(cfg);
+        let sender = Sender::new(
+            SenderConfig {
+                node,
+                max_datagram,
+                resend_capacity: cfg.window,
+                tx_capacity: cfg.window,
+                incarnation,
+                seed,
+                ..SenderConfig::default()
+            },
+            now,
+        );
+        let mut receiver = Receiver::new(ReceiverConfig {
+            node,
+            max_datagram,
+            incarnation,
+            seed: seed.rotate_left(17),
+            ..ReceiverConfig::default()
+        });
+        if cfg.startup_resync {
+            receiver.request_resync(now);
+        }
+        Ok(Replication {
+            transport,
+            sender,
+            receiver,
+            external: ExternalTable::new(),
+            tx: vec![0; 65536],
+            rx: vec![0; 65536],
+            stats: ReplicationStats::default(),
+        })
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    pub fn external(&self) -> &ExternalTable {
+        &self.external
+    }
+
+    /// Moves as many queued cache changes to the sender as its window takes;
+    /// the rest keep coalescing in the cache.
+    pub fn feed(&mut self, cache: &mut Cache) {
+        let credit = self.sender.credit();
+        if credit == 0 {
+            return;
+        }
+        let sender = &mut self.sender;
+        cache.drain_changes(credit, |c| {
+            sender.push(match c {
+                Change::Upsert(r, e) => DataRecord::state(r, e),
+                Change::Destroy(key, version) => DataRecord::Destroy { key: *key, version },
+            })
+        });
+    }
+
+    /// Reads every datagram waiting on the links and hands each to the half
+    /// it is for: data and sender control to our receiver, receiver control
+    /// to our sender.
+    pub fn receive(&mut self, now: Instant) {
+        while let Some((_, _, len)) = self.transport.recv(&mut self.rx) {
+            let bytes = &self.rx[..len];
+            let kind = wire::check_header(bytes)
+                .ok()
+                .and_then(|h| wire::Kind::from_u8(h.kind));
+            let result = match kind {
+                Some(wire::Kind::Data | wire::Kind::SenderCtl) => {
+                    self.receiver.handle_datagram(now, bytes)
+                }
+                Some(wire::Kind::ReceiverCtl) => self.sender.handle_datagram(now, bytes),
+                None => {
+                    self.stats.malformed += 1;
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!("sync datagram dropped: {e}");
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.sender.handle_timeout(now);
+        self.receiver.handle_timeout(now);
+    }
+
+    /// The next deadline of either half.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.sender.poll_timeout(), self.receiver.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends what both halves have to send and acts on their events.
+    pub fn flush(&mut self, now: Instant, cache: &mut Cache) {
+        loop {
+            self.feed(cache);
+            let mut progressed = false;
+            while let Some(n) = self.receiver.poll_transmit(now, &mut self.tx) {
+                progressed = true;
+                if self.transport.send(&self.tx[..n]).is_err() {
+                    self.stats.send_errors += 1;
+                }
+            }
+            while let Some(n) = self
+                .sender
+                .poll_transmit(now, &mut self.tx, &CacheLookup(cache))
+            {
+                progressed = true;
+                if self.transport.send(&self.tx[..n]).is_err() {
+                    self.stats.send_errors += 1;
+                }
+            }
+            while let Some(ev) = self.receiver.poll_event() {
+                progressed = true;
+                self.on_receiver_event(ev);
+            }
+            while let Some(ev) = self.sender.poll_event() {
+                progressed = true;
+                self.on_sender_event(ev);
+            }
+            if !progressed || self.sender.credit() == 0 || cache.pending() == 0 {
+                break;
+            }
+        }
+    }
+
+    fn on_receiver_event(&mut self, ev: ReceiverEvent) {
+        match ev {
+            ReceiverEvent::Record { stamp, record } => {
+                if self.external.apply(stamp, &record) {
+                    self.stats.applied += 1;
+                }
+            }
+            ReceiverEvent::SessionStarted { previous, session } => {
+                if previous.is_some() {
+                    self.stats.peer_restarts += 1;
+                }
+                tracing::info!(
+                    session,
+                    ?previous,
+                    "peer's sender session started; a bulk send follows"
+                );
+            }
+            ReceiverEvent::BulkStarted { bulk, .. } => {
+                tracing::info!(bulk, "receiving a bulk send from the peer")
+            }
+            ReceiverEvent::BulkFinished { bulk, purge } => {
+                let purged = self.external.purge(&purge);
+                self.stats.purged += purged as u64;
+                self.stats.bulks_received += 1;
+                tracing::info!(
+                    bulk,
+                    purged,
+                    entries = self.external.len(),
+                    "bulk send from the peer complete"
+                );
+            }
+        }
+    }
+
+    fn on_sender_event(&mut self, ev: SenderEvent) {
+        match ev {
+            SenderEvent::BulkFinished { bulk, records } => {
+                self.stats.bulks_sent += 1;
+                tracing::info!(bulk, records, "bulk send to the peer complete");
+            }
+            SenderEvent::Overflow { dropped } => {
+                tracing::warn!(
+                    dropped,
+                    "send queue overflow: falling back to a bulk resync (nothing is lost)"
+                )
+            }
+            ev => tracing::info!(?ev, "sync"),
+        }
+    }
+
+    /// Asks the peer to resend its whole internal cache.
+    pub fn request_resync(&mut self, now: Instant) -> u32 {
+        self.receiver.request_resync(now)
+    }
+
+    /// Sends our whole internal cache to the peer.
+    pub fn start_bulk(&mut self) {
+        self.sender.start_bulk();
+    }
+
+    /// Re-reads link carrier states (failover between links).
+    pub fn poll_links(&mut self) {
+        if let Some(c) = self.transport.poll_links() {
+            tracing::warn!(from = %c.from, to = %c.to, "sync traffic moved to another link");
+        }
+    }
+
+    pub fn stats_json(&self) -> serde_json::Value {
+        json!({
+            "replication": self.stats,
+            "sender": format!("{:?}", self.sender.stats()),
+            "receiver": format!("{:?}", self.receiver.stats()),
+            "links": self.transport.stats(),
+            "link_failovers": self.transport.failovers,
+            "external_entries": self.external.len(),
+            "sender_connected": self.sender.is_connected(),
+        })
+    }
+}

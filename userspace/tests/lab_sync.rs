@@ -1,0 +1,324 @@
+//! Replication in the lab: agents on fw1 and fw2 over the two sync links;
+//! fw2's external cache must equal fw1's kernel table (as `conntrack -L`
+//! prints it) after quiescence, also with faults on the sync links (loss,
+//! duplication, payload corruption injected with nftables), agent crashes
+//! and restarts on either side, the active link going down, and garbage
+//! from strangers.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{ctsync_bin, stats, workspace_bin};
+use xtask::{
+    agent::AgentProcess,
+    ctcompare::{self, Entry},
+    lab::{Lab, LabOptions, Node},
+    traffic::{Load, Traffic},
+};
+
+const PORT: u16 = 3780;
+
+fn sync_config(me: u8) -> String {
+    let peer = 3 - me;
+    format!(
+        "[sync]\nport = {PORT}\n\
+         [[sync.links]]\ninterface = \"sync0\"\nlocal = \"10.9.1.{me}\"\npeer = \"10.9.1.{peer}\"\n\
+         [[sync.links]]\ninterface = \"sync1\"\nlocal = \"10.9.2.{me}\"\npeer = \"10.9.2.{peer}\"\n"
+    )
+}
+
+fn pair(lab: &Lab, name: &str) -> (AgentProcess, AgentProcess) {
+    let start = |node, me| {
+        AgentProcess::start(
+            lab,
+            node,
+            &ctsync_bin(),
+            &format!("{}-{name}-fw{me}", lab.prefix()),
+            &sync_config(me),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    (start(Node::Fw1, 1), start(Node::Fw2, 2))
+}
+
+/// fw1's table without the replication traffic itself (the agents ignore
+/// their sync links' addresses).
+fn fw1_table(lab: &Lab) -> Vec<Entry> {
+    let mut t = ctcompare::kernel_table(Some(lab.ns(Node::Fw1))).unwrap();
+    t.retain(|e| !e.orig.starts_with("src=10.9."));
+    t
+}
+
+/// fw2's external cache equals fw1's kernel table within `secs`.
+fn assert_replicated(lab: &Lab, fw2: &AgentProcess, secs: u64) -> usize {
+    fw2.wait_cache_equals("external", Duration::from_secs(secs), || Ok(fw1_table(lab)))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn ctgen(lab: &Lab, args: &[&str]) -> std::process::Child {
+    let bin = workspace_bin("ctgen");
+    let mut argv = vec![bin.to_str().unwrap()];
+    argv.extend(args);
+    lab.spawn(Node::Fw1, &argv).unwrap()
+}
+
+fn nft(lab: &Lab, node: Node, ruleset: &str) {
+    let mut cmd = lab.command(node, &["nft", "-f", "-"]);
+    xtask::exec::output_with_input(&mut cmd, ruleset.as_bytes())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[test]
+fn fw2_external_cache_equals_fw1_table_after_100k_bulk_and_live_traffic() {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    let (fw1, fw2) = pair(&lab, "bulk");
+    let traffic = Traffic::start(
+        &lab,
+        &workspace_bin("ctsync-traffic"),
+        &fw1.dir,
+        &Load {
+            tcp: 50,
+            udp: 20,
+            interval_ms: 200,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for fam in ["4", "6"] {
+        let st = ctgen(
+            &lab,
+            &[
+                "--count",
+                "50000",
+                "--family",
+                fam,
+                "--proto",
+                "mixed",
+                "--nat",
+                "--timeout",
+                "1200",
+            ],
+        )
+        .wait()
+        .unwrap();
+        assert!(st.success());
+    }
+    let n = assert_replicated(&lab, &fw2, 90);
+    assert!(n >= 100_000, "{n}");
+    traffic.stop().unwrap();
+    assert_replicated(&lab, &fw2, 60);
+    let s = stats(&fw1);
+    assert_eq!(s["sync"]["replication"]["send_errors"], 0, "{s}");
+}
+
+#[test]
+fn replication_survives_30pct_loss_duplication_and_corruption() {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    // Faults on both firewalls' egress to the sync port: data one way,
+    // ACK/NACK the other. Corruption rewrites a payload byte (offset 40 into
+    // the UDP payload: inside the first record, past the ctsync header).
+    let faults = format!(
+        "table inet fault {{\n chain out {{ type filter hook output priority 0;\n\
+         udp dport {PORT} numgen random mod 100 < 30 drop\n\
+         udp dport {PORT} numgen random mod 100 < 5 @ih,320,8 set 0xff\n }}\n}}\n"
+    );
+    nft(&lab, Node::Fw1, &faults);
+    nft(&lab, Node::Fw2, &faults);
+    nft(
+        &lab,
+        Node::Fw1,
+        &format!(
+            "table ip dupl {{\n chain out {{ type filter hook output priority 10;\n\
+             udp dport {PORT} numgen random mod 100 < 10 dup to 10.9.1.2 device sync0\n }}\n}}\n"
+        ),
+    );
+    let (fw1, fw2) = pair(&lab, "loss");
+    let st = ctgen(
+        &lab,
+        &[
+            "--count",
+            "20000",
+            "--family",
+            "4",
+            "--proto",
+            "mixed",
+            "--nat",
+            "--timeout",
+            "1200",
+        ],
+    )
+    .wait()
+    .unwrap();
+    assert!(st.success());
+    ctgen(
+        &lab,
+        &[
+            "--count", "5000", "--family", "4", "--proto", "mixed", "--nat", "--delete",
+        ],
+    )
+    .wait()
+    .unwrap();
+    let n = assert_replicated(&lab, &fw2, 120);
+    assert_eq!(n, 15_000);
+    let s1 = stats(&fw1);
+    let s2 = stats(&fw2);
+    let recv = s2["sync"]["receiver"].as_str().unwrap().to_string();
+    let send = s1["sync"]["sender"].as_str().unwrap().to_string();
+    let field = |text: &str, name: &str| -> u64 {
+        let i = text
+            .find(&format!("{name}: "))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            + name.len()
+            + 2;
+        text[i..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        field(&send, "retransmits") > 0,
+        "30% loss caused no retransmit: {send}"
+    );
+    assert!(
+        field(&recv, "corrupt") > 0,
+        "no corrupted datagram was seen: {recv}"
+    );
+    assert!(field(&recv, "nacks_sent") > 0, "{recv}");
+}
+
+#[test]
+fn agents_crash_and_restart_mid_stream_and_converge() {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    let (mut fw1, mut fw2) = pair(&lab, "restart");
+    // Each round NATs to its own address, so reply tuples never clash.
+    let make = |base: &str, nat_to: &str| {
+        let args = [
+            "--count",
+            "20000",
+            "--family",
+            "4",
+            "--proto",
+            "mixed",
+            "--nat",
+            "--nat-to",
+            nat_to,
+            "--src-base",
+            base,
+        ];
+        assert!(ctgen(&lab, &args).wait().unwrap().success());
+    };
+    // The backup crashes while a burst is being replicated, and more changes
+    // happen while it is down.
+    make("10.70.0.0", "10.2.0.101");
+    fw2.kill();
+    make("10.71.0.0", "10.2.0.102");
+    fw2.restart(&lab, Node::Fw2).unwrap();
+    // The primary crashes mid-burst; while it is down, entries are created
+    // and destroyed (the restarted primary must purge them from fw2).
+    make("10.72.0.0", "10.2.0.103");
+    fw1.kill();
+    let del = [
+        "--count",
+        "5000",
+        "--family",
+        "4",
+        "--proto",
+        "mixed",
+        "--src-base",
+        "10.70.0.0",
+        "--delete",
+    ];
+    assert!(ctgen(&lab, &del).wait().unwrap().success());
+    fw1.restart(&lab, Node::Fw1).unwrap();
+    let n = assert_replicated(&lab, &fw2, 90);
+    assert_eq!(n, 55_000);
+    let s = stats(&fw2);
+    assert!(
+        s["sync"]["replication"]["bulks_received"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
+}
+
+#[test]
+fn active_link_down_mid_stream_moves_to_the_second_link_without_loss() {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    let (fw1, fw2) = pair(&lab, "link");
+    let mut load = ctgen(
+        &lab,
+        &[
+            "--count", "40000", "--family", "6", "--proto", "mixed", "--batch", "16",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    lab.exec(Node::Fw1, &["ip", "link", "set", "sync0", "down"])
+        .unwrap();
+    assert!(load.wait().unwrap().success());
+    let n = assert_replicated(&lab, &fw2, 90);
+    assert_eq!(n, 40_000);
+    let s = stats(&fw1);
+    assert!(s["sync"]["link_failovers"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["sync"]["links"][1]["active"], true, "{s}");
+}
+
+#[test]
+fn garbage_and_strangers_on_the_sync_port_are_dropped_and_counted() {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    let (_fw1, fw2) = pair(&lab, "garbage");
+    lab.exec(
+        Node::Fw1,
+        &["ip", "addr", "add", "10.9.1.9/24", "dev", "sync0"],
+    )
+    .unwrap();
+    lab.in_ns(Node::Fw1, || {
+        let stranger = std::net::UdpSocket::bind("10.9.1.9:0").unwrap();
+        // The peer's address, another port: the agent's socket takes it as the peer's.
+        let peer = std::net::UdpSocket::bind("10.9.1.1:0").unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..200 {
+            let len = 1 + (i * 7) % 1400;
+            let junk: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            stranger.send_to(&junk, ("10.9.1.2", PORT)).unwrap();
+            peer.send_to(&junk, ("10.9.1.2", PORT)).unwrap();
+        }
+        // A valid-looking header with bad magic, and a truncated one.
+        peer.send_to(b"XXXX\x01\x01\x00\x00", ("10.9.1.2", PORT))
+            .unwrap();
+        peer.send_to(b"CTSY", ("10.9.1.2", PORT)).unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let st = ctgen(
+        &lab,
+        &[
+            "--count",
+            "3000",
+            "--family",
+            "4",
+            "--proto",
+            "udp",
+            "--timeout",
+            "1200",
+        ],
+    )
+    .wait()
+    .unwrap();
+    assert!(st.success());
+    assert_replicated(&lab, &fw2, 60);
+    let s = stats(&fw2);
+    assert_eq!(s["sync"]["links"][0]["rx_strangers"], 200, "{s}");
+    let recv = s["sync"]["receiver"].as_str().unwrap().to_string();
+    let malformed = s["sync"]["replication"]["malformed"].as_u64().unwrap();
+    assert!(
+        malformed > 0 || recv.contains("malformed: ") && !recv.contains("malformed: 0,"),
+        "garbage not counted: {s}"
+    );
+}
