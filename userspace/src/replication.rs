@@ -300,8 +300,8 @@ impl Replication {
     pub fn stats_json(&self) -> serde_json::Value {
         json!({
             "replication": self.stats,
-            "sender": format!("{:?}", self.sender.stats()),
-            "receiver": format!("{:?}", self.receiver.stats()),
+            "sender": self.sender.stats(),
+            "receiver": self.receiver.stats(),
             "links": self.transport.stats(),
             "link_failovers": self.transport.failovers,
             "external_entries": self.external.len(),

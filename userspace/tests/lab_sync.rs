@@ -162,30 +162,17 @@ fn replication_survives_30pct_loss_duplication_and_corruption() {
     assert_eq!(n, 15_000);
     let s1 = stats(&fw1);
     let s2 = stats(&fw2);
-    let recv = s2["sync"]["receiver"].as_str().unwrap().to_string();
-    let send = s1["sync"]["sender"].as_str().unwrap().to_string();
-    let field = |text: &str, name: &str| -> u64 {
-        let i = text
-            .find(&format!("{name}: "))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            + name.len()
-            + 2;
-        text[i..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let send = &s1["sync"]["sender"];
+    let recv = &s2["sync"]["receiver"];
     assert!(
-        field(&send, "retransmits") > 0,
+        send["retransmits"].as_u64().unwrap() > 0,
         "30% loss caused no retransmit: {send}"
     );
     assert!(
-        field(&recv, "corrupt") > 0,
+        recv["corrupt"].as_u64().unwrap() > 0,
         "no corrupted datagram was seen: {recv}"
     );
-    assert!(field(&recv, "nacks_sent") > 0, "{recv}");
+    assert!(recv["nacks_sent"].as_u64().unwrap() > 0, "{recv}");
 }
 
 #[test]
@@ -315,10 +302,13 @@ fn garbage_and_strangers_on_the_sync_port_are_dropped_and_counted() {
     assert_replicated(&lab, &fw2, 60);
     let s = stats(&fw2);
     assert_eq!(s["sync"]["links"][0]["rx_strangers"], 200, "{s}");
-    let recv = s["sync"]["receiver"].as_str().unwrap().to_string();
-    let malformed = s["sync"]["replication"]["malformed"].as_u64().unwrap();
+    // Peer-addressed garbage reaches the decoder: refused, counted, harmless.
+    let r = &s["sync"]["receiver"];
+    let refused = s["sync"]["replication"]["malformed"].as_u64().unwrap()
+        + r["malformed"].as_u64().unwrap()
+        + r["corrupt"].as_u64().unwrap();
     assert!(
-        malformed > 0 || recv.contains("malformed: ") && !recv.contains("malformed: 0,"),
-        "garbage not counted: {s}"
+        refused >= 200,
+        "the peer-addressed garbage was not counted: {s}"
     );
 }

@@ -124,7 +124,7 @@ pub enum ReceiverEvent {
 }
 
 /// Counters, for metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReceiverStats {
     pub datagrams_received: u64,
     pub data_datagrams: u64,

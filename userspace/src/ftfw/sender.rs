@@ -137,7 +137,7 @@ pub enum SenderEvent {
 }
 
 /// Counters, for metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SenderStats {
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
