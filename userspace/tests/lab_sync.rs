@@ -11,43 +11,32 @@ use std::time::Duration;
 
 use support::{ctsync_bin, stats, workspace_bin};
 use xtask::{
-    agent::AgentProcess,
+    agent::{AgentProcess, sync_config},
     ctcompare::{self, Entry},
-    lab::{Lab, LabOptions, Node},
+    lab::{Fw, Lab, LabOptions, Node},
     traffic::{Load, Traffic},
 };
 
 const PORT: u16 = 3780;
 
-fn sync_config(me: u8) -> String {
-    let peer = 3 - me;
-    format!(
-        "[sync]\nport = {PORT}\n\
-         [[sync.links]]\ninterface = \"sync0\"\nlocal = \"10.9.1.{me}\"\npeer = \"10.9.1.{peer}\"\n\
-         [[sync.links]]\ninterface = \"sync1\"\nlocal = \"10.9.2.{me}\"\npeer = \"10.9.2.{peer}\"\n"
-    )
-}
-
 fn pair(lab: &Lab, name: &str) -> (AgentProcess, AgentProcess) {
-    let start = |node, me| {
+    let start = |fw: Fw| {
         AgentProcess::start(
             lab,
-            node,
+            fw.node(),
             &ctsync_bin(),
-            &format!("{}-{name}-fw{me}", lab.prefix()),
-            &sync_config(me),
+            &format!("{}-{name}-{fw}", lab.prefix()),
+            &sync_config(fw),
         )
         .unwrap_or_else(|e| panic!("{e:#}"))
     };
-    (start(Node::Fw1, 1), start(Node::Fw2, 2))
+    (start(Fw::Fw1), start(Fw::Fw2))
 }
 
 /// fw1's table without the replication traffic itself (the agents ignore
 /// their sync links' addresses).
 fn fw1_table(lab: &Lab) -> Vec<Entry> {
-    let mut t = ctcompare::kernel_table(Some(lab.ns(Node::Fw1))).unwrap();
-    t.retain(|e| !e.orig.starts_with("src=10.9."));
-    t
+    ctcompare::without_sync_links(ctcompare::kernel_table(Some(lab.ns(Node::Fw1))).unwrap())
 }
 
 /// fw2's external cache equals fw1's kernel table within `secs`.

@@ -15,6 +15,22 @@ use crate::{
     lab::{Lab, Node},
 };
 
+/// The `[sync]` config for the agent on `fw`: both lab sync links, towards
+/// the other firewall.
+pub fn sync_config(fw: crate::lab::Fw) -> String {
+    let (me, peer) = (fw, fw.other());
+    let mut s = String::from("[sync]\nport = 3780\n");
+    for link in 0..2 {
+        s += &format!(
+            "[[sync.links]]\ninterface = \"{}\"\nlocal = \"{}\"\npeer = \"{}\"\n",
+            crate::lab::SYNC_IFS[link],
+            me.sync_v4(link),
+            peer.sync_v4(link)
+        );
+    }
+    s
+}
+
 pub struct AgentProcess {
     pub child: Child,
     /// Holds the config, the control socket and the log.

@@ -185,6 +185,13 @@ pub fn kernel_table(ns: Option<&str>) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// The table without the replication traffic itself: the agents ignore the
+/// lab's sync links (10.9.0.0/16) so that they never replicate their own flows.
+pub fn without_sync_links(mut entries: Vec<Entry>) -> Vec<Entry> {
+    entries.retain(|e| !e.orig.starts_with("src=10.9."));
+    entries
+}
+
 /// What differs between two entry lists, for messages.
 pub fn diff(kernel: &[Entry], agent: &[Entry]) -> String {
     let k: BTreeSet<_> = kernel.iter().collect();
