@@ -358,6 +358,7 @@ impl Agent {
                 _ = link_check.tick(), if self.repl.is_some() => {
                     if let Some(r) = &mut self.repl {
                         r.poll_links();
+                        r.tick(Instant::now());
                     }
                 }
                 guard = events.readable() => {

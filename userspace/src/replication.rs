@@ -54,7 +54,14 @@ pub struct ReplicationStats {
     pub bulks_sent: u64,
     pub bulks_received: u64,
     pub peer_restarts: u64,
+    /// External entries removed by their timeout while the peer was silent.
+    pub expired: u64,
 }
+
+/// The peer counts as gone after this long without a datagram from it.
+const PEER_SILENCE: std::time::Duration = std::time::Duration::from_secs(3);
+/// Tombstones guard against late datagrams for this long (seconds).
+const TOMBSTONE_TTL: u32 = 60;
 
 pub struct Replication {
     transport: Transport,
@@ -63,6 +70,8 @@ pub struct Replication {
     external: ExternalTable,
     tx: Vec<u8>,
     rx: Vec<u8>,
+    started: Instant,
+    last_tick: u32,
     pub stats: ReplicationStats,
 }
 
@@ -130,6 +139,8 @@ impl Replication {
             external: ExternalTable::new(),
             tx: vec![0; 65536],
             rx: vec![0; 65536],
+            started: now,
+            last_tick: 0,
             stats: ReplicationStats::default(),
         })
     }
@@ -288,6 +299,32 @@ impl Replication {
     /// Sends our whole internal cache to the peer.
     pub fn start_bulk(&mut self) {
         self.sender.start_bulk();
+    }
+
+    /// Once a second or so: advances the external cache's clock and, while
+    /// the peer is silent (it cannot send DESTROYs), expires entries by
+    /// their timeout.
+    pub fn tick(&mut self, now: Instant) {
+        let secs = now.duration_since(self.started).as_secs() as u32;
+        if secs == self.last_tick {
+            return;
+        }
+        self.last_tick = secs;
+        self.external.set_clock(secs);
+        let peer_alive = self
+            .sender
+            .last_heard()
+            .is_some_and(|t| now.duration_since(t) < PEER_SILENCE);
+        if !peer_alive {
+            let gone = self.external.expire(TOMBSTONE_TTL);
+            if gone > 0 {
+                self.stats.expired += gone as u64;
+                tracing::info!(
+                    gone,
+                    "external entries expired by their timeout (the peer is silent)"
+                );
+            }
+        }
     }
 
     /// Re-reads link carrier states (failover between links).

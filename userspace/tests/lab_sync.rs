@@ -301,3 +301,42 @@ fn garbage_and_strangers_on_the_sync_port_are_dropped_and_counted() {
         "the peer-addressed garbage was not counted: {s}"
     );
 }
+
+#[test]
+fn external_entries_expire_by_their_timeout_once_the_peer_is_silent() {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    let (mut fw1, fw2) = pair(&lab, "expiry");
+    for (base, timeout) in [("10.70.0.0", "6"), ("10.71.0.0", "1200")] {
+        let args = [
+            "--count",
+            "1000",
+            "--family",
+            "4",
+            "--proto",
+            "udp",
+            "--src-base",
+            base,
+            "--timeout",
+            timeout,
+        ];
+        assert!(ctgen(&lab, &args).wait().unwrap().success());
+    }
+    assert_eq!(assert_replicated(&lab, &fw2, 30), 2000);
+    // The primary dies: no DESTROY will come for the short-lived entries.
+    fw1.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ext = fw2.dump("external").unwrap();
+        if ext.len() == 1000 && ext.iter().all(|e| e.orig.starts_with("src=10.71.")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected the 1000 long-lived entries only, have {}",
+            ext.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let s = stats(&fw2);
+    assert_eq!(s["sync"]["replication"]["expired"], 1000, "{s}");
+}

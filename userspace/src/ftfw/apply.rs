@@ -79,6 +79,8 @@ enum Held {
 struct Slot {
     held: Held,
     stamp: Stamp,
+    /// The table's clock when the entry was last set or refreshed.
+    at: u32,
 }
 
 impl Slot {
@@ -95,6 +97,8 @@ impl Slot {
 pub struct ExternalTable {
     map: HashMap<Tuple, Slot>,
     live: usize,
+    /// Seconds, set by the owner (see [`ExternalTable::expire`]).
+    clock: u32,
 }
 
 impl ExternalTable {
@@ -110,7 +114,11 @@ impl ExternalTable {
             DataRecord::Destroy { version, .. } => Held::Gone(version),
         };
         let version = rec.version();
-        let new = Slot { held, stamp };
+        let new = Slot {
+            held,
+            stamp,
+            at: self.clock,
+        };
         match self.map.get_mut(rec.key()) {
             None => {
                 self.live += usize::from(matches!(held, Held::Live(..)));
@@ -127,11 +135,42 @@ impl ExternalTable {
                 } else {
                     if version == slot.version() && seq_after(stamp.seq, slot.stamp.seq) {
                         slot.stamp = stamp;
+                        slot.at = self.clock;
                     }
                     false
                 }
             }
         }
+    }
+
+    /// Sets the clock (seconds, any origin) that stamps entries as they are
+    /// set or refreshed.
+    pub fn set_clock(&mut self, secs: u32) {
+        self.clock = secs;
+    }
+
+    /// Removes live entries whose timeout (as of their last update) has run
+    /// out, and tombstones older than `tombstone_ttl`; returns how many live
+    /// entries went. The agent calls this only while the peer is silent:
+    /// while it is alive its DESTROYs are authoritative, and a flow that
+    /// stays busy without state changes (a long UDP stream) sends no update,
+    /// so its recorded timeout says nothing about its end.
+    pub fn expire(&mut self, tombstone_ttl: u32) -> usize {
+        let now = self.clock;
+        let mut gone = 0;
+        self.map.retain(|_, slot| {
+            let age = now.saturating_sub(slot.at);
+            match slot.held {
+                Held::Live(r, _) if age > r.timeout => {
+                    gone += 1;
+                    false
+                }
+                Held::Gone(_) => age <= tombstone_ttl,
+                Held::Live(..) => true,
+            }
+        });
+        self.live -= gone;
+        gone
     }
 
     /// Removes every entry and tombstone the purge does not keep; returns how
@@ -189,6 +228,41 @@ impl ExternalTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expire_removes_timed_out_entries_and_old_tombstones() {
+        let mut t = ExternalTable::new();
+        let st = Stamp { session: 1, seq: 1 };
+        let mut a = CtRecord::default();
+        a.timeout = 10;
+        a.version = 1;
+        let mut b = a;
+        b.orig.src[0] = 2;
+        b.timeout = 100;
+        t.set_clock(5);
+        t.apply(st, &DataRecord::state(&a, None));
+        t.apply(st, &DataRecord::state(&b, None));
+        t.apply(
+            st,
+            &DataRecord::Destroy {
+                key: {
+                    let mut k = a.orig;
+                    k.src[0] = 3;
+                    k
+                },
+                version: 1,
+            },
+        );
+        t.set_clock(15);
+        assert_eq!(t.expire(60), 0, "10 s old, timeout 10: not yet");
+        t.set_clock(16);
+        assert_eq!(t.expire(60), 1);
+        assert!(t.get(&a.orig).is_none() && t.get(&b.orig).is_some());
+        assert_eq!(t.tombstones(), 1);
+        t.set_clock(70);
+        t.expire(60);
+        assert_eq!((t.len(), t.tombstones()), (1, 0));
+    }
 
     fn rec(k: u8, version: u64) -> DataRecord {
         let mut r = CtRecord::default();
