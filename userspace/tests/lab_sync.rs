@@ -105,11 +105,13 @@ fn replication_survives_30pct_loss_duplication_and_corruption() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
     // Faults on both firewalls' egress to the sync port: data one way,
     // ACK/NACK the other. Corruption rewrites a payload byte (offset 40 into
-    // the UDP payload: inside the first record, past the ctsync header).
+    // the UDP payload: inside the first record, past the ctsync header) or a
+    // header byte (offset 12: the session id).
     let faults = format!(
         "table inet fault {{\n chain out {{ type filter hook output priority 0;\n\
          udp dport {PORT} numgen random mod 100 < 30 drop\n\
-         udp dport {PORT} numgen random mod 100 < 5 @ih,320,8 set 0xff\n }}\n}}\n"
+         udp dport {PORT} numgen random mod 100 < 5 @ih,320,8 set 0xff\n\
+         udp dport {PORT} numgen random mod 100 < 2 @ih,96,8 set 0xff\n }}\n}}\n"
     );
     nft(&lab, Node::Fw1, &faults);
     nft(&lab, Node::Fw2, &faults);

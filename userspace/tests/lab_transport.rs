@@ -106,3 +106,35 @@ fn datagrams_fail_over_between_links_and_strangers_are_dropped() {
     assert_eq!(fw2.stats()[0].rx_strangers, 1, "{:?}", fw2.stats());
     assert_eq!(fw1.failovers, 2);
 }
+
+#[test]
+fn multicast_links_deliver_to_the_peer_and_not_back_to_the_sender() {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    let mcast = |local: &str| {
+        vec![LinkConfig {
+            interface: "sync0".into(),
+            local: local.parse().unwrap(),
+            peer: "225.0.0.50".parse().unwrap(),
+            port: PORT,
+        }]
+    };
+    let mut fw1 = lab
+        .in_ns(Node::Fw1, || Transport::open(&mcast("10.9.1.1")))
+        .unwrap()
+        .unwrap();
+    let mut fw2 = lab
+        .in_ns(Node::Fw2, || Transport::open(&mcast("10.9.1.2")))
+        .unwrap()
+        .unwrap();
+    fw1.send(b"to the group").unwrap();
+    assert_eq!(
+        recv(&mut fw2),
+        Some((0, "10.9.1.1".parse().unwrap(), b"to the group".to_vec()))
+    );
+    fw2.send(b"back").unwrap();
+    assert_eq!(
+        recv(&mut fw1),
+        Some((0, "10.9.1.2".parse().unwrap(), b"back".to_vec()))
+    );
+    assert_eq!(recv(&mut fw1), None, "a node received its own multicast");
+}
