@@ -215,6 +215,7 @@ impl Agent {
                 new.general.control_socket != self.config.general.control_socket,
             ),
             ("events", new.events != self.config.events),
+            ("sync", new.sync != self.config.sync),
         ]
         .into_iter()
         .filter_map(|(k, c)| c.then_some(k))
