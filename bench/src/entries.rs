@@ -94,7 +94,7 @@ impl Spec {
         let proto = match self.proto {
             Proto::Tcp => IPPROTO_TCP,
             Proto::Udp => IPPROTO_UDP,
-            Proto::Mixed if i % 2 == 0 => IPPROTO_TCP,
+            Proto::Mixed if i.is_multiple_of(2) => IPPROTO_TCP,
             Proto::Mixed => IPPROTO_UDP,
         };
         let mut r = CtRecord::default();

@@ -140,7 +140,7 @@ impl Cache {
             return s;
         }
         let s = self.states.len();
-        if s % CHUNK == 0 {
+        if s.is_multiple_of(CHUNK) {
             self.chunks
                 .push(vec![CtRecord::default(); CHUNK].into_boxed_slice());
         }

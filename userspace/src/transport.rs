@@ -181,22 +181,18 @@ impl Transport {
     /// Strangers are counted and skipped. `None` when every socket is empty.
     pub fn recv(&mut self, buf: &mut [u8]) -> Option<(usize, SocketAddr, usize)> {
         for (i, link) in self.links.iter_mut().enumerate() {
-            loop {
-                match link.sock.recv_from(buf) {
-                    Ok((len, from)) => {
-                        if from.ip() != link.cfg.peer && !link.cfg.peer.is_multicast() {
-                            link.stats.rx_strangers += 1;
-                            continue;
-                        }
-                        if link.cfg.peer.is_multicast() && from.ip() == link.cfg.local {
-                            continue; // our own multicast
-                        }
-                        link.stats.rx_datagrams += 1;
-                        link.stats.rx_bytes += len as u64;
-                        return Some((i, from, len));
-                    }
-                    Err(_) => break,
+            // Any error, WouldBlock included, ends this socket's turn.
+            while let Ok((len, from)) = link.sock.recv_from(buf) {
+                if from.ip() != link.cfg.peer && !link.cfg.peer.is_multicast() {
+                    link.stats.rx_strangers += 1;
+                    continue;
                 }
+                if link.cfg.peer.is_multicast() && from.ip() == link.cfg.local {
+                    continue; // our own multicast
+                }
+                link.stats.rx_datagrams += 1;
+                link.stats.rx_bytes += len as u64;
+                return Some((i, from, len));
             }
         }
         None
