@@ -51,15 +51,23 @@ pub fn run(args: Args) -> Result<()> {
             )
         };
         let (fw1, fw2) = (start(Fw::Fw1)?, start(Fw::Fw2)?);
-        let r = measure(&lab, &[fw1.child.id(), fw2.child.id()], args.entries)?;
+        let r = measure(
+            &lab,
+            &[fw1.child.id(), fw2.child.id()],
+            args.entries,
+            || Ok(fw2.dump("external")?.len()),
+        )?;
         let (s1, s2) = (fw1.stats()?, fw2.stats()?);
         println!(
             "ctsync:     primary {:.2} µs/event, backup {:.2} µs/event over {} events ({:.0}/s offered); \
-             overruns {}, retransmits {}, backup external cache {} entries after the deletes",
+             {} of {} entries replicated after the create burst; overruns {}, retransmits {}, \
+             backup external cache {} entries after the deletes",
             r.us_per_event[0],
             r.us_per_event[1],
             r.events,
             r.offered_rate,
+            r.replicated,
+            args.entries,
             s1["events"]["overruns"],
             s1["sync"]["sender"]["retransmits"],
             s2["sync"]["external_entries"]
@@ -99,7 +107,17 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         let pids: Vec<u32> = children.iter().map(|(c, _)| c.id()).collect();
-        let r = measure(&lab, &pids, args.entries);
+        let backup_cfg = children[1].1.join("conntrackd.conf");
+        let r = measure(&lab, &pids, args.entries, || {
+            // `conntrackd -e` prints the external cache, one entry per line.
+            let out = exec::stdout(
+                std::process::Command::new("conntrackd")
+                    .arg("-C")
+                    .arg(&backup_cfg)
+                    .arg("-e"),
+            )?;
+            Ok(out.lines().filter(|l| l.contains("src=")).count())
+        });
         for (mut child, _) in children {
             // SAFETY: plain syscall on our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -108,8 +126,14 @@ pub fn run(args: Args) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         let r = r?;
         println!(
-            "conntrackd: primary {:.2} µs/event, backup {:.2} µs/event over {} events ({:.0}/s offered)",
-            r.us_per_event[0], r.us_per_event[1], r.events, r.offered_rate
+            "conntrackd: primary {:.2} µs/event, backup {:.2} µs/event over {} events ({:.0}/s offered); \
+             {} of {} entries replicated after the create burst",
+            r.us_per_event[0],
+            r.us_per_event[1],
+            r.events,
+            r.offered_rate,
+            r.replicated,
+            args.entries
         );
         r
     };
@@ -128,6 +152,8 @@ struct Measured {
     /// Per process, in the order given to `measure`.
     us_per_event: Vec<f64>,
     offered_rate: f64,
+    /// Entries in the backup's external cache once the create burst settled.
+    replicated: usize,
 }
 
 /// CPU time (user + system) of `pid`, in seconds.
@@ -145,7 +171,12 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
 
 /// Flushes fw1's table, creates then deletes `n` entries with ctgen, and
 /// returns each process's CPU per event once all have gone idle again.
-fn measure(lab: &Lab, pids: &[u32], n: u32) -> Result<Measured> {
+fn measure(
+    lab: &Lab,
+    pids: &[u32],
+    n: u32,
+    mut replicated: impl FnMut() -> Result<usize>,
+) -> Result<Measured> {
     exec::output(&mut lab.command(Node::Fw1, &["conntrack", "-F"]))?;
     std::thread::sleep(Duration::from_secs(1));
     let ctgen = build::bin("ctgen");
@@ -156,35 +187,45 @@ fn measure(lab: &Lab, pids: &[u32], n: u32) -> Result<Measured> {
             .map(|&p| cpu_seconds(p))
             .collect::<Result<Vec<f64>>>()
     };
-    let cpu0 = cpu()?;
-    let t0 = Instant::now();
+    // Idle: no process used CPU for a whole second.
+    let idle = || -> Result<Vec<f64>> {
+        let mut last = cpu()?;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = cpu()?;
+            if now.iter().zip(&last).all(|(a, b)| a - b < 0.005) {
+                return Ok(now);
+            }
+            last = now;
+        }
+    };
+    // CPU spent on the two bursts only, not on counting the copies between them.
+    let mut used = vec![0.0; pids.len()];
+    let mut offered = 0.0;
+    let mut copies = 0;
     for extra in [&[][..], &["--delete"][..]] {
+        let before = cpu()?;
         let mut argv = vec![
             ctgen, "--count", &count, "--family", "4", "--proto", "mixed", "--nat", "--batch", "64",
         ];
         argv.extend_from_slice(extra);
+        let t0 = Instant::now();
         exec::output(&mut lab.command(Node::Fw1, &argv))?;
-    }
-    let offered = t0.elapsed().as_secs_f64();
-    // Idle: no process used CPU for a whole second.
-    let mut last = cpu()?;
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = cpu()?;
-        if now.iter().zip(&last).all(|(a, b)| a - b < 0.005) {
-            break;
+        offered += t0.elapsed().as_secs_f64();
+        let after = idle()?;
+        for (u, (a, b)) in used.iter_mut().zip(after.iter().zip(&before)) {
+            *u += a - b;
         }
-        last = now;
+        if extra.is_empty() {
+            copies = replicated()?;
+        }
     }
     let events = 2 * u64::from(n);
     Ok(Measured {
         events,
-        us_per_event: last
-            .iter()
-            .zip(&cpu0)
-            .map(|(a, b)| (a - b) * 1e6 / events as f64)
-            .collect(),
+        us_per_event: used.iter().map(|u| u * 1e6 / events as f64).collect(),
         offered_rate: events as f64 / offered,
+        replicated: copies,
     })
 }
 
