@@ -54,7 +54,7 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-use ctsync_common::wire::{DecodeError, Kind, Record};
+use ctsync_common::wire::{self, DecodeError, Kind, Record};
 use ctsync_common::{CtExt, CtRecord, Tuple};
 
 pub use apply::{ExternalTable, Purge, Stamp};
@@ -159,6 +159,23 @@ pub trait StateLookup {
         max: usize,
         visit: &mut dyn FnMut(&CtRecord, Option<&CtExt>),
     ) -> Option<u64>;
+}
+
+/// Decodes a datagram, counting a refusal as `corrupt` (checksum) or
+/// `malformed` (anything else): both halves count their input the same way.
+pub(crate) fn decode_counted<'a>(
+    bytes: &'a [u8],
+    corrupt: &mut u64,
+    malformed: &mut u64,
+) -> Result<wire::Datagram<'a>, Error> {
+    wire::decode(bytes).map_err(|e| {
+        if e.is_corrupt() {
+            *corrupt += 1;
+        } else {
+            *malformed += 1;
+        }
+        Error::decode(e)
+    })
 }
 
 /// Why a datagram was dropped. None of these is fatal: the datagram was

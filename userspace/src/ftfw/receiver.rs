@@ -39,7 +39,7 @@ use ctsync_common::wire::{self, Encoder, Header, HeaderFields, Kind, Record, Rec
 
 use super::apply::{Purge, Stamp};
 use super::ranges::RangeSet;
-use super::{DataRecord, Error, Retired, Rng, check_node, expand_seq};
+use super::{DataRecord, Error, Retired, Rng, check_node, decode_counted, expand_seq};
 
 /// Receiver settings.
 #[derive(Clone, Debug)]
@@ -339,17 +339,7 @@ impl Receiver {
     /// Handles a datagram from the sender (the userspace receive path).
     /// An error means it was dropped (and counted); it is never fatal.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        let d = match wire::decode(bytes) {
-            Ok(d) => d,
-            Err(e) => {
-                if e.is_corrupt() {
-                    self.stats.corrupt += 1;
-                } else {
-                    self.stats.malformed += 1;
-                }
-                return Err(Error::decode(e));
-            }
-        };
+        let d = decode_counted(bytes, &mut self.stats.corrupt, &mut self.stats.malformed)?;
         let h = *d.header();
         if let Err(e) = check_node(h.node, self.cfg.node, self.cfg.peer_node) {
             self.stats.foreign += 1;

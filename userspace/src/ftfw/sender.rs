@@ -32,7 +32,7 @@ use ctsync_common::wire::{self, Encoder, HeaderFields, Kind, Record};
 use ctsync_common::{CtExt, CtRecord};
 
 use super::queues::{Marker, Pending, PendingState, ResendQueue, SentItem, TxQueue};
-use super::{DataRecord, Error, Lookup, Rng, StateLookup, check_node, expand_seq};
+use super::{DataRecord, Error, Lookup, Rng, StateLookup, check_node, decode_counted, expand_seq};
 
 /// Sender settings.
 #[derive(Clone, Debug)]
@@ -368,17 +368,7 @@ impl Sender {
     /// Handles a datagram from the receiver. An error means it was dropped
     /// (and counted); it is never fatal.
     pub fn handle_datagram(&mut self, now: Instant, bytes: &[u8]) -> Result<(), Error> {
-        let d = match wire::decode(bytes) {
-            Ok(d) => d,
-            Err(e) => {
-                if e.is_corrupt() {
-                    self.stats.corrupt += 1;
-                } else {
-                    self.stats.malformed += 1;
-                }
-                return Err(Error::decode(e));
-            }
-        };
+        let d = decode_counted(bytes, &mut self.stats.corrupt, &mut self.stats.malformed)?;
         let h = *d.header();
         if d.kind() != Kind::ReceiverCtl {
             self.stats.malformed += 1;
