@@ -99,6 +99,22 @@ impl NlSocket {
         Ok(val)
     }
 
+    /// Joins (`join`) or leaves the multicast `groups` (bits as in [`groups`]).
+    /// While no socket listens, the kernel does not even build the events.
+    pub fn set_membership(&self, groups: u32, join: bool) -> io::Result<()> {
+        let opt = if join {
+            libc::NETLINK_ADD_MEMBERSHIP
+        } else {
+            libc::NETLINK_DROP_MEMBERSHIP
+        };
+        for bit in 0..32 {
+            if groups & (1 << bit) != 0 {
+                self.setsockopt(libc::SOL_NETLINK, opt, bit + 1)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the receive buffer, beyond `rmem_max` when we may (SO_RCVBUFFORCE
     /// needs CAP_NET_ADMIN). Returns the size the kernel reports.
     pub fn set_recv_buffer(&self, bytes: usize) -> io::Result<usize> {

@@ -269,6 +269,25 @@ pub fn update(
     m.finish()
 }
 
+/// Appends a request that sets only the timeout of the existing entry with
+/// this original tuple (and `orig.zone`): the purge of stale entries, which
+/// must not touch their state.
+pub fn set_timeout(buf: &mut Vec<u8>, req: Request, orig: &Tuple, timeout: u32) -> usize {
+    let mut m = Msg::begin(
+        buf,
+        ct_msg_type(IPCTNL_MSG_CT_NEW),
+        NLM_F_REQUEST,
+        req,
+        orig.family,
+    );
+    m.tuple(CTA_TUPLE_ORIG, orig, None);
+    if orig.zone != 0 {
+        m.be16(CTA_ZONE, orig.zone);
+    }
+    m.be32(CTA_TIMEOUT, timeout);
+    m.finish()
+}
+
 /// Appends a request that deletes the entry with this original tuple (and
 /// `orig.zone`).
 pub fn delete(buf: &mut Vec<u8>, req: Request, orig: &Tuple) -> usize {
