@@ -23,8 +23,10 @@ use tokio::{
 
 use crate::{
     cache::Cache,
+    commit::{self, CommitOptions},
     config::Config,
-    control::{Reply, Request},
+    control::{CacheName, NotifyState, Reply, Request},
+    ctwrite::{WriteError, Writer},
     display::EntryView,
     events::{EventSource, EventsError},
     filter::Rules,
@@ -48,6 +50,8 @@ pub enum AgentError {
     Socket { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
     #[error("event loop: {0}")]
     Io(#[from] io::Error),
 }
@@ -131,6 +135,11 @@ pub struct Agent {
     cache: Cache,
     /// Replication to and from the peer, when sync links are configured.
     repl: Option<Replication>,
+    /// Commits and purges write through this socket; the event filter
+    /// drops the events it causes.
+    writer: Writer,
+    /// What the last `notify` did.
+    last_notify: Option<serde_json::Value>,
 }
 
 impl Agent {
@@ -141,6 +150,10 @@ impl Agent {
             return Err(AgentError::NotRoot);
         }
         let mut source = EventSource::open(&config)?;
+        let writer = Writer::open()?;
+        source
+            .set_self_portids(&[writer.portid()])
+            .map_err(EventsError::from)?;
         let mut cache = Cache::new();
         source.resync(&mut cache)?;
         let repl = if config.sync.links.is_empty() {
@@ -155,6 +168,8 @@ impl Agent {
             source,
             cache,
             repl,
+            writer,
+            last_notify: None,
         })
     }
 
@@ -176,6 +191,7 @@ impl Agent {
         };
         let sync = self.repl.as_ref().map(Replication::stats_json);
         json!({
+            "last_notify": self.last_notify,
             "sync": sync,
             "events": self.source.stats,
             "filter": filter,
@@ -278,6 +294,22 @@ impl Agent {
                 };
                 write_line(&mut w, &reply).await
             }
+            Request::Commit => {
+                let r = self.commit().map(|r| json!(r));
+                write_line(&mut w, &r.map_or_else(Reply::err, Reply::ok)).await
+            }
+            Request::Flush { cache } => {
+                let r = self.flush(cache);
+                write_line(&mut w, &r.map_or_else(Reply::err, Reply::ok)).await
+            }
+            Request::Purge => {
+                let r = self.purge().map(|r| json!(r));
+                write_line(&mut w, &r.map_or_else(Reply::err, Reply::ok)).await
+            }
+            Request::Notify { state } => {
+                let r = self.notify(state);
+                write_line(&mut w, &r.map_or_else(Reply::err, Reply::ok)).await
+            }
             Request::ResyncBulk => {
                 let reply = match &mut self.repl {
                     Some(r) => {
@@ -289,6 +321,155 @@ impl Agent {
                 write_line(&mut w, &reply).await
             }
         }
+    }
+
+    /// Writes the external cache into the kernel table. The event socket
+    /// stops listening meanwhile (the kernel then builds no events for the
+    /// commit, which nearly doubles its speed) and resynchronises from a
+    /// dump afterwards, so the internal cache holds the committed entries
+    /// and whatever else changed.
+    fn commit(&mut self) -> Result<commit::CommitReport, String> {
+        let repl = self.repl.as_ref().ok_or(NO_SYNC)?;
+        let opts = CommitOptions {
+            tcp_be_liberal: self.config.failover.tcp_be_liberal,
+            min_timeout: self.config.failover.commit_min_timeout,
+        };
+        self.source
+            .pause(&mut self.cache)
+            .map_err(|e| e.to_string())?;
+        let result = commit::commit(&mut self.writer, repl.external().iter_remaining(), &opts);
+        let resumed = self.source.resume(&mut self.cache);
+        let report = result.map_err(|e| format!("commit failed: {e}"))?;
+        resumed.map_err(|e| format!("commit done, but the event socket: {e}"))?;
+        if report.failed > 0 {
+            tracing::warn!(
+                entries = report.entries,
+                created = report.created,
+                updated = report.updated,
+                failed = report.failed,
+                errors = ?report.errors,
+                samples = ?report.failed_samples,
+                "external cache committed with failures"
+            );
+        } else {
+            tracing::info!(
+                entries = report.entries,
+                created = report.created,
+                updated = report.updated,
+                ms = report.ms,
+                "external cache committed to the kernel table"
+            );
+        }
+        Ok(report)
+    }
+
+    fn flush(&mut self, which: CacheName) -> Result<serde_json::Value, String> {
+        let flushed = match which {
+            CacheName::Internal => {
+                let n = self.cache.len();
+                self.cache.clear();
+                n
+            }
+            CacheName::External => {
+                let repl = self.repl.as_mut().ok_or(NO_SYNC)?;
+                let n = repl.external().len();
+                repl.flush_external();
+                n
+            }
+        };
+        tracing::info!(?which, flushed, "cache flushed");
+        Ok(json!({ "flushed": flushed }))
+    }
+
+    /// Shortens the timers of the entries in the kernel table (as the
+    /// internal cache last saw them) to `failover.purge_timeout`.
+    fn purge(&mut self) -> Result<commit::PurgeReport, String> {
+        let timeout = self.config.failover.purge_timeout;
+        let r = commit::purge(&mut self.writer, self.cache.iter().map(|(r, _)| r), timeout)
+            .map_err(|e| format!("purge failed: {e}"))?;
+        tracing::info!(
+            shortened = r.shortened,
+            failed = r.failed,
+            timeout,
+            ms = r.ms,
+            "kernel entries' timers shortened"
+        );
+        Ok(r)
+    }
+
+    /// Every step of a state change, in order; each step's result and
+    /// duration go into the answer (and the log). A step that fails stops
+    /// the sequence: the answer says which.
+    fn notify(&mut self, state: NotifyState) -> Result<serde_json::Value, String> {
+        let t0 = Instant::now();
+        let mut steps = Vec::new();
+        let outcome = self.notify_steps(state, &mut steps);
+        let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let report = json!({
+            "state": state,
+            "at_unix": unix,
+            "total_ms": total_ms,
+            "steps": steps,
+            "error": outcome.as_ref().err(),
+        });
+        match &outcome {
+            Ok(()) => tracing::info!(?state, total_ms, steps = %report["steps"], "notify done"),
+            Err(e) => tracing::error!(?state, total_ms, steps = %report["steps"], "notify: {e}"),
+        }
+        self.last_notify = Some(report.clone());
+        outcome.map(|()| report)
+    }
+
+    fn notify_steps(
+        &mut self,
+        state: NotifyState,
+        steps: &mut Vec<serde_json::Value>,
+    ) -> Result<(), String> {
+        let mut step = |name: &str, t: Instant, r: Result<serde_json::Value, String>| {
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let v = r.map_err(|e| format!("notify {state:?}: step {name} failed: {e}"))?;
+            steps.push(json!({ "step": name, "ms": ms, "result": v }));
+            Ok::<(), String>(())
+        };
+        match state {
+            NotifyState::Master => {
+                let t = Instant::now();
+                let r = self.commit().map(|r| json!(r));
+                step("commit", t, r)?;
+                // The commit ends with a resync of the internal cache
+                // from the kernel (see `commit`): its own figures.
+                let resync = json!({
+                    "entries": self.cache.len(),
+                    "ms": self.source.stats.last_resync_ms,
+                });
+                step("resync_kernel", Instant::now(), Ok(resync))?;
+                let t = Instant::now();
+                let r = self.flush(CacheName::External);
+                step("flush_external", t, r)?;
+                let t = Instant::now();
+                let repl = self.repl.as_mut().ok_or(NO_SYNC)?;
+                repl.start_bulk();
+                step("bulk_send", t, Ok(json!({ "entries": self.cache.len() })))?;
+            }
+            NotifyState::Backup => {
+                let t = Instant::now();
+                let repl = self.repl.as_mut().ok_or(NO_SYNC)?;
+                let id = repl.request_resync(Instant::now());
+                step("resync_request", t, Ok(json!({ "request": id })))?;
+                let t = Instant::now();
+                let r = self.purge().map(|r| json!(r));
+                step("purge", t, r)?;
+            }
+            NotifyState::Fault => {
+                let t = Instant::now();
+                let r = self.purge().map(|r| json!(r));
+                step("purge", t, r)?;
+            }
+        }
+        Ok(())
     }
 
     /// Hands queued changes to the sender and sends what is due; without

@@ -23,6 +23,7 @@ pub struct Config {
     pub events: Events,
     pub filter: Filter,
     pub sync: Sync,
+    pub failover: Failover,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -93,6 +94,36 @@ impl Default for Sync {
             node_id: 0,
             window: 16384,
             startup_resync: true,
+        }
+    }
+}
+
+/// What `ctsync commit` and `ctsync notify` do at a state change.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Failover {
+    /// Commit TCP entries with window tracking relaxed (be-liberal), as
+    /// conntrackd does: the backup never saw their windows, and strict
+    /// tracking could drop their first packets as invalid.
+    pub tcp_be_liberal: bool,
+    /// Committed entries live at least this long (seconds): the external
+    /// cache's timeouts date from the peer's last update of each entry, and
+    /// a busy flow without state changes sends none. Its next packet
+    /// refreshes the timer.
+    pub commit_min_timeout: u32,
+    /// `notify backup` and `notify fault` shorten the timers of the
+    /// entries in this node's table to this many seconds (conntrackd's
+    /// `-t`): the other firewall carries the traffic now, and entries that
+    /// no packet refreshes go away.
+    pub purge_timeout: u32,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            tcp_be_liberal: true,
+            commit_min_timeout: 60,
+            purge_timeout: 60,
         }
     }
 }
@@ -435,6 +466,12 @@ impl Config {
             return Err((
                 "events.read_batch",
                 format!("{} is out of range 1..=1024", ev.read_batch),
+            ));
+        }
+        if self.failover.purge_timeout == 0 {
+            return Err((
+                "failover.purge_timeout",
+                "0 would delete every entry at once: use at least 1 (seconds)".into(),
             ));
         }
         if self.filter.mark.list.len() > ctsync_common::filter::MAX_MARKS {

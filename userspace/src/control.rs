@@ -30,6 +30,34 @@ pub enum Request {
     ResyncRequest,
     /// Send our whole internal cache to the peer.
     ResyncBulk,
+    /// Write the external cache into the kernel table.
+    Commit,
+    /// Empty a cache (without telling the peer).
+    Flush { cache: CacheName },
+    /// Shorten the timers of the entries in the kernel table.
+    Purge,
+    /// A state change (from keepalived): every step it needs, in order.
+    Notify { state: NotifyState },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheName {
+    Internal,
+    External,
+}
+
+/// The VRRP states keepalived notifies.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyState {
+    /// This node carries the traffic now: commit the peer's state, then
+    /// replicate ours.
+    Master,
+    /// The peer carries the traffic: ask it for its state, let ours age out.
+    Backup,
+    /// This node is broken: let its entries age out.
+    Fault,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

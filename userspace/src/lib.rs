@@ -8,9 +8,11 @@
 pub mod agent;
 pub mod bpf;
 pub mod cache;
+pub mod commit;
 pub mod config;
 pub mod control;
 pub mod ctnetlink;
+pub mod ctwrite;
 pub mod display;
 pub mod events;
 pub mod filter;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use ctsync::{
     agent::Agent,
     config::{Config, DEFAULT_CONTROL_SOCKET},
-    control::{Client, Request},
+    control::{CacheName, Client, NotifyState, Request},
 };
 
 /// Default config file, used when it exists and no --config is given.
@@ -65,6 +65,42 @@ enum Cmd {
         #[arg(value_enum)]
         what: ResyncWhat,
     },
+    /// Write the external cache (the peer's state) into the kernel table.
+    ///
+    /// Entries are created, or updated where they exist, in batches; the
+    /// answer counts what was created, updated and failed (by errno).
+    /// `notify master` does this and more; use this alone to test.
+    Commit,
+    /// Empty a cache without telling the peer.
+    Flush {
+        #[arg(value_enum)]
+        which: Which,
+    },
+    /// Shorten the timers of this node's kernel entries to
+    /// failover.purge_timeout (conntrackd's -t).
+    Purge,
+    /// Run every step of a VRRP state change, for keepalived's notify scripts.
+    ///
+    /// master: commit the external cache, resync the internal cache with
+    /// the kernel, flush the external cache, bulk-send to the peer.
+    /// backup: ask the peer for a full resend, purge.
+    /// fault: purge.
+    /// Safe to run twice. Prints each step and its duration; exits non-zero
+    /// if a step failed (the answer says which).
+    Notify {
+        #[arg(value_enum, ignore_case = true)]
+        state: State,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum State {
+    Master,
+    Backup,
+    Fault,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -211,6 +247,48 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             };
             let (_, reply) = Client::request(&socket_path(&cli), &req)?;
             print_json(&reply.data.unwrap_or_default())
+        }
+        Cmd::Commit | Cmd::Purge => {
+            let req = match cli.cmd {
+                Cmd::Commit => Request::Commit,
+                _ => Request::Purge,
+            };
+            let (_, reply) = Client::request(&socket_path(&cli), &req)?;
+            print_json(&reply.data.unwrap_or_default())
+        }
+        Cmd::Flush { which } => {
+            let cache = match which {
+                Which::Internal => CacheName::Internal,
+                Which::External => CacheName::External,
+            };
+            let (_, reply) = Client::request(&socket_path(&cli), &Request::Flush { cache })?;
+            print_json(&reply.data.unwrap_or_default())
+        }
+        Cmd::Notify { state, json } => {
+            let state = match state {
+                State::Master => NotifyState::Master,
+                State::Backup => NotifyState::Backup,
+                State::Fault => NotifyState::Fault,
+            };
+            let (_, reply) = Client::request(&socket_path(&cli), &Request::Notify { state })?;
+            let data = reply.data.unwrap_or_default();
+            if *json {
+                return print_json(&data);
+            }
+            for s in data["steps"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<16} {:>9.1} ms  {}",
+                    s["step"].as_str().unwrap_or("?"),
+                    s["ms"].as_f64().unwrap_or(0.0),
+                    s["result"]
+                );
+            }
+            println!(
+                "{:<16} {:>9.1} ms",
+                "total",
+                data["total_ms"].as_f64().unwrap_or(0.0)
+            );
+            Ok(())
         }
     }
 }

@@ -296,6 +296,11 @@ impl Replication {
         self.receiver.request_resync(now)
     }
 
+    /// Forgets the peer's state (after a commit made it ours).
+    pub fn flush_external(&mut self) {
+        self.external.clear();
+    }
+
     /// Sends our whole internal cache to the peer.
     pub fn start_bulk(&mut self) {
         self.sender.start_bulk();

@@ -216,6 +216,25 @@ impl ExternalTable {
         self.map.len() - self.live
     }
 
+    /// Live entries with their timeout counted down by the time since the
+    /// peer last set or refreshed them (by the table's clock): what a
+    /// commit writes into the kernel.
+    pub fn iter_remaining(&self) -> impl Iterator<Item = (CtRecord, Option<CtExt>)> + '_ {
+        self.map.values().filter_map(|s| match s.held {
+            Held::Live(mut r, e) => {
+                r.timeout = r.timeout.saturating_sub(self.clock.saturating_sub(s.at));
+                Some((r, e))
+            }
+            Held::Gone(_) => None,
+        })
+    }
+
+    /// Forgets every entry and tombstone.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.live = 0;
+    }
+
     /// Iterates over live entries.
     pub fn iter(&self) -> impl Iterator<Item = (&CtRecord, Option<&CtExt>)> + '_ {
         self.map.values().filter_map(|s| match &s.held {
