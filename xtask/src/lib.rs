@@ -21,6 +21,7 @@ pub mod agent;
 pub mod build;
 pub mod ctcompare;
 pub mod exec;
+pub mod keepalived;
 pub mod lab;
 pub mod setup;
 pub mod traffic;

@@ -1,0 +1,158 @@
+//! keepalived (Debian's) on the lab's firewalls: VRRP for the LAN and WAN
+//! virtual addresses in one sync group, whose notify lines call
+//! `ctsync notify master|backup|fault` on the firewall's agent. Used by the
+//! failover tests and the demo; `examples/keepalived.conf` is the same
+//! configuration for a real pair.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::lab::{Fw, LAN_IF, LAN_VIP_V4, LAN_VIP_V6, Lab, PREFIX_V4, PREFIX_V6, WAN_IF};
+
+/// VRRP advertisement interval (vrrp_version 3 allows sub-second ones):
+/// the backup takes over about 3.6 intervals after the master goes silent.
+pub const ADVERT_INT: &str = "0.1";
+
+/// What the notify lines run.
+#[derive(Clone, Debug)]
+pub struct Notify {
+    /// The ctsync binary.
+    pub ctsync: PathBuf,
+    /// The agent's control socket.
+    pub socket: PathBuf,
+}
+
+/// keepalived's configuration for `fw`: four instances (IPv4 and IPv6 on
+/// the LAN and the WAN) in one sync group, so the addresses move together;
+/// fw1 has the higher priority. Without `notify`, no ctsync is called (the
+/// control case: failover without state sync).
+pub fn config(fw: Fw, notify: Option<&Notify>) -> String {
+    let priority = match fw {
+        Fw::Fw1 => 150,
+        Fw::Fw2 => 100,
+    };
+    let mut s = format!(
+        "global_defs {{\n  router_id ctsync-{fw}\n  vrrp_version 3\n  script_user root\n  \
+         vrrp_garp_master_repeat 2\n  vrrp_garp_master_refresh 0\n}}\n\n"
+    );
+    s += "vrrp_sync_group FIREWALL {\n  group {\n    LAN4\n    LAN6\n    WAN4\n    WAN6\n  }\n";
+    if let Some(n) = notify {
+        for state in ["master", "backup", "fault"] {
+            s += &format!(
+                "  notify_{state} \"{} --socket {} notify {state}\"\n",
+                n.ctsync.display(),
+                n.socket.display()
+            );
+        }
+    }
+    s += "}\n";
+    let wan_v4 = crate::lab::WAN_VIP_V4;
+    let wan_v6 = crate::lab::WAN_VIP_V6;
+    let instances = [
+        ("LAN4", LAN_IF, 51, format!("{LAN_VIP_V4}/{PREFIX_V4}")),
+        ("LAN6", LAN_IF, 52, format!("{LAN_VIP_V6}/{PREFIX_V6}")),
+        ("WAN4", WAN_IF, 53, format!("{wan_v4}/{PREFIX_V4}")),
+        ("WAN6", WAN_IF, 54, format!("{wan_v6}/{PREFIX_V6}")),
+    ];
+    for (name, dev, vrid, vip) in instances {
+        s += &format!(
+            "\nvrrp_instance {name} {{\n  state BACKUP\n  interface {dev}\n  \
+             virtual_router_id {vrid}\n  priority {priority}\n  advert_int {ADVERT_INT}\n  \
+             virtual_ipaddress {{\n    {vip} dev {dev}\n  }}\n}}\n"
+        );
+    }
+    s
+}
+
+/// A keepalived in a firewall's namespace, killed on drop.
+pub struct Keepalived {
+    child: Child,
+    pub fw: Fw,
+    dir: PathBuf,
+}
+
+impl Keepalived {
+    /// Starts keepalived on `fw` with [`config`], its files in `dir`.
+    pub fn start(lab: &Lab, fw: Fw, notify: Option<&Notify>, dir: &Path) -> Result<Keepalived> {
+        let dir = dir.join(format!("keepalived-{fw}"));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(&conf, config(fw, notify))?;
+        let log = std::fs::File::create(dir.join("keepalived.log"))?;
+        let f = |n: &str| dir.join(n).display().to_string();
+        let mut cmd = lab.command(
+            fw,
+            &[
+                "keepalived",
+                "--dont-fork",
+                "--log-console",
+                "--log-detail",
+                "--vrrp",
+                "--use-file",
+                &conf.display().to_string(),
+                "--pid",
+                &f("keepalived.pid"),
+                "--vrrp_pid",
+                &f("vrrp.pid"),
+                "--checkers_pid",
+                &f("checkers.pid"),
+            ],
+        );
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd.spawn().context(
+            "starting keepalived (apt-get install keepalived; `cargo xtask setup` does)",
+        )?;
+        Ok(Keepalived { child, fw, dir })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("keepalived.log")).unwrap_or_default()
+    }
+
+    /// Kills keepalived at once (SIGKILL: no farewell advertisement, as
+    /// when the firewall dies).
+    pub fn kill(&mut self) {
+        // The VRRP child first: the parent's death would make it say
+        // goodbye (a priority-0 advertisement), which a dead firewall can't.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("vrrp.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `fw` holds every virtual address. (The other may still hold
+/// some: a firewall that died with its links cut keeps its addresses.)
+pub fn wait_master(lab: &Lab, fw: Fw, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mine = lab.vips_on(fw)?;
+        if mine.len() == crate::lab::VIPS.len() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{fw} did not become VRRP master within {timeout:?}: it holds {mine:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
