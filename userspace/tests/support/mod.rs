@@ -68,3 +68,42 @@ pub fn stats(agent: &AgentProcess) -> serde_json::Value {
         .stats()
         .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()))
 }
+
+/// Agents on fw1 and fw2 replicating to each other over both sync links,
+/// with `extra_config` (TOML) after the sync section.
+pub fn agent_pair(
+    lab: &xtask::lab::Lab,
+    name: &str,
+    extra_config: &str,
+) -> (AgentProcess, AgentProcess) {
+    use xtask::lab::Fw;
+    let start = |fw: Fw| {
+        let cfg = format!("{}{extra_config}", xtask::agent::sync_config(fw));
+        start_agent(
+            lab,
+            fw.node(),
+            &format!("{}-{name}-{fw}", lab.prefix()),
+            &cfg,
+        )
+    };
+    (start(Fw::Fw1), start(Fw::Fw2))
+}
+
+/// A firewall's kernel table (`conntrack -L`) without the replication
+/// traffic itself (the agents ignore their sync links' addresses).
+pub fn fw_table(lab: &xtask::lab::Lab, fw: xtask::lab::Fw) -> Vec<Entry> {
+    xtask::ctcompare::without_sync_links(
+        xtask::ctcompare::kernel_table(Some(lab.ns(fw))).unwrap_or_else(|e| panic!("{e:#}")),
+    )
+}
+
+/// Runs `ctgen` with `args` on `fw` and waits; panics unless it succeeds.
+pub fn ctgen_on(lab: &xtask::lab::Lab, fw: xtask::lab::Fw, args: &[&str]) {
+    let bin = workspace_bin("ctgen");
+    let mut argv = vec![bin.to_str().unwrap()];
+    argv.extend(args);
+    let out = lab
+        .exec(fw, &argv)
+        .unwrap_or_else(|e| panic!("ctgen {}: {e:#}", args.join(" ")));
+    assert!(out.status.success());
+}
