@@ -1,13 +1,16 @@
 //! Replication in the lab: agents on fw1 and fw2 over the two sync links;
 //! fw2's external cache must equal fw1's kernel table (as `conntrack -L`
 //! prints it) after quiescence, also with faults on the sync links (loss,
-//! duplication, payload corruption injected with nftables), agent crashes
+//! duplication, payload corruption injected with nftables; reordering by an
+//! HTB class that nftables sends a share of the datagrams to), agent crashes
 //! and restarts on either side, the active link going down, and garbage
 //! from strangers.
 
 mod support;
 
 use std::time::Duration;
+
+use serde_json::Value;
 
 use support::{ctsync_bin, stats, workspace_bin};
 use xtask::{
@@ -100,32 +103,11 @@ fn fw2_external_cache_equals_fw1_table_after_100k_bulk_and_live_traffic() {
     assert_eq!(s["sync"]["replication"]["send_errors"], 0, "{s}");
 }
 
-#[test]
-fn replication_survives_30pct_loss_duplication_and_corruption() {
-    let lab = Lab::up(LabOptions::default()).expect("lab up");
-    // Faults on both firewalls' egress to the sync port: data one way,
-    // ACK/NACK the other. Corruption rewrites a payload byte (offset 40 into
-    // the UDP payload: inside the first record, past the ctsync header) or a
-    // header byte (offset 12: the session id).
-    let faults = format!(
-        "table inet fault {{\n chain out {{ type filter hook output priority 0;\n\
-         udp dport {PORT} numgen random mod 100 < 30 drop\n\
-         udp dport {PORT} numgen random mod 100 < 5 @ih,320,8 set 0xff\n\
-         udp dport {PORT} numgen random mod 100 < 2 @ih,96,8 set 0xff\n }}\n}}\n"
-    );
-    nft(&lab, Node::Fw1, &faults);
-    nft(&lab, Node::Fw2, &faults);
-    nft(
-        &lab,
-        Node::Fw1,
-        &format!(
-            "table ip dupl {{\n chain out {{ type filter hook output priority 10;\n\
-             udp dport {PORT} numgen random mod 100 < 10 dup to 10.9.1.2 device sync0\n }}\n}}\n"
-        ),
-    );
-    let (fw1, fw2) = pair(&lab, "loss");
+/// Creates 20k entries on fw1 and deletes 5k of them; fw2's external cache
+/// must end up with the 15k left. Returns both agents' stats.
+fn create_20k_delete_5k(lab: &Lab, fw1: &AgentProcess, fw2: &AgentProcess) -> (Value, Value) {
     let st = ctgen(
-        &lab,
+        lab,
         &[
             "--count",
             "20000",
@@ -141,29 +123,144 @@ fn replication_survives_30pct_loss_duplication_and_corruption() {
     .wait()
     .unwrap();
     assert!(st.success());
-    ctgen(
-        &lab,
+    let st = ctgen(
+        lab,
         &[
             "--count", "5000", "--family", "4", "--proto", "mixed", "--nat", "--delete",
         ],
     )
     .wait()
     .unwrap();
-    let n = assert_replicated(&lab, &fw2, 120);
+    assert!(st.success());
+    let n = assert_replicated(lab, fw2, 120);
     assert_eq!(n, 15_000);
-    let s1 = stats(&fw1);
-    let s2 = stats(&fw2);
+    (stats(fw1), stats(fw2))
+}
+
+/// `loss`% of the datagrams to the sync port dropped on both firewalls'
+/// egress (data one way, ACK/NACK the other), plus 10% duplication of the
+/// data and payload and header corruption.
+fn survives_loss_duplication_and_corruption(name: &str, loss: u32) {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    // Corruption rewrites a payload byte (offset 40 into the UDP payload:
+    // inside the first record, past the ctsync header) or a header byte
+    // (offset 12: the session id).
+    let faults = format!(
+        "table inet fault {{\n chain out {{ type filter hook output priority 0;\n\
+         udp dport {PORT} numgen random mod 100 < {loss} drop\n\
+         udp dport {PORT} numgen random mod 100 < 5 @ih,320,8 set 0xff\n\
+         udp dport {PORT} numgen random mod 100 < 2 @ih,96,8 set 0xff\n }}\n}}\n"
+    );
+    nft(&lab, Node::Fw1, &faults);
+    nft(&lab, Node::Fw2, &faults);
+    nft(
+        &lab,
+        Node::Fw1,
+        &format!(
+            "table ip dupl {{\n chain out {{ type filter hook output priority 10;\n\
+             udp dport {PORT} numgen random mod 100 < 10 dup to 10.9.1.2 device sync0\n }}\n}}\n"
+        ),
+    );
+    let (fw1, fw2) = pair(&lab, name);
+    let (s1, s2) = create_20k_delete_5k(&lab, &fw1, &fw2);
     let send = &s1["sync"]["sender"];
     let recv = &s2["sync"]["receiver"];
     assert!(
         send["retransmits"].as_u64().unwrap() > 0,
-        "30% loss caused no retransmit: {send}"
+        "{loss}% loss caused no retransmit: {send}"
     );
     assert!(
         recv["corrupt"].as_u64().unwrap() > 0,
         "no corrupted datagram was seen: {recv}"
     );
     assert!(recv["nacks_sent"].as_u64().unwrap() > 0, "{recv}");
+}
+
+#[test]
+fn replication_survives_30pct_loss_duplication_and_corruption() {
+    survives_loss_duplication_and_corruption("loss30", 30);
+}
+
+#[test]
+fn replication_survives_5pct_loss_duplication_and_corruption() {
+    survives_loss_duplication_and_corruption("loss5", 5);
+}
+
+/// Packets sent so far by HTB class `class` on `dev` of `node`.
+fn htb_class_packets(lab: &Lab, node: Node, dev: &str, class: &str) -> u64 {
+    let out = lab
+        .exec(node, &["tc", "-s", "class", "show", "dev", dev])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "class htb 1:20 parent 1: ...\n Sent 1234 bytes 5 pkt (dropped 0, ...)"
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.starts_with(&format!("class htb {class} ")) {
+            let sent = lines.next().unwrap_or_default();
+            let w: Vec<&str> = sent.split_whitespace().collect();
+            let i = w
+                .iter()
+                .position(|x| *x == "pkt")
+                .unwrap_or_else(|| panic!("unexpected `tc -s class show` output:\n{text}"));
+            return w[i - 1].parse().unwrap();
+        }
+    }
+    panic!("no HTB class {class} on {dev} of {node:?}:\n{text}");
+}
+
+#[test]
+fn replication_survives_reordering_on_the_sync_link() {
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    // No netem on this kernel: reorder with HTB. On both firewalls' active
+    // sync link, a fast default class and a slow one (8 Mbit/s, so each
+    // datagram in it waits at least 1.5 ms behind the rate limit, more when
+    // it queues); nftables puts a random 20% of the datagrams to the sync
+    // port (data one way, ACK/NACK the other) into the slow class through
+    // skb->priority, which HTB honours when it names one of its classes.
+    let dev = xtask::lab::SYNC_IFS[0];
+    for fw in [Node::Fw1, Node::Fw2] {
+        let ns = lab.ns(fw).to_owned();
+        for args in [
+            format!("qdisc replace dev {dev} root handle 1: htb default 10"),
+            format!("class add dev {dev} parent 1: classid 1:10 htb rate 10gbit"),
+            format!(
+                "class add dev {dev} parent 1: classid 1:20 htb rate 8mbit ceil 8mbit burst 1600 cburst 1600"
+            ),
+            format!("qdisc add dev {dev} parent 1:10 handle 10: pfifo limit 20000"),
+            format!("qdisc add dev {dev} parent 1:20 handle 20: pfifo limit 20000"),
+        ] {
+            let mut argv = vec!["-n", ns.as_str()];
+            argv.extend(args.split_whitespace());
+            xtask::exec::output(std::process::Command::new("tc").args(&argv))
+                .unwrap_or_else(|e| panic!("HTB is needed for the reordering test: {e:#}"));
+        }
+        nft(
+            &lab,
+            fw,
+            &format!(
+                "table inet reorder {{\n chain post {{ type filter hook postrouting priority 0;\n\
+                 oifname \"{dev}\" udp dport {PORT} numgen random mod 100 < 20 meta priority set 1:20\n }}\n}}\n"
+            ),
+        );
+    }
+    let (fw1, fw2) = pair(&lab, "reorder");
+    let (_, s2) = create_20k_delete_5k(&lab, &fw1, &fw2);
+    // The test is void unless datagrams really overtook each other.
+    let recv = &s2["sync"]["receiver"];
+    println!("fw2 receiver: {recv}");
+    assert!(
+        recv["reordered"].as_u64().unwrap() > 0,
+        "no data datagram arrived after a higher-numbered one: {recv}"
+    );
+    for fw in [Node::Fw1, Node::Fw2] {
+        let slow = htb_class_packets(&lab, fw, dev, "1:20");
+        let fast = htb_class_packets(&lab, fw, dev, "1:10");
+        println!("{fw:?} {dev}: slow class {slow} packets, fast class {fast}");
+        assert!(
+            slow > 0 && fast > slow,
+            "{fw:?}: the slow class sent {slow} packets, the fast one {fast}"
+        );
+    }
 }
 
 #[test]

@@ -133,6 +133,10 @@ pub struct ReceiverStats {
     pub duplicates: u64,
     /// Data datagrams below `cum` (delivered anyway).
     pub late: u64,
+    /// Data datagrams that arrived after a higher-numbered data datagram of
+    /// the same session (reordered on the way, or held back until after a
+    /// resend), duplicates of tracked numbers excepted. Includes `late` ones.
+    pub reordered: u64,
     /// Data datagrams older than the last completed bulk (dropped).
     pub superseded: u64,
     /// Sequence numbers the sender gave up before we got them (resent under
@@ -175,6 +179,9 @@ struct Peer {
     last_heard: Instant,
     cum: u64,
     highest: u64,
+    /// One past the highest data sequence number received (unlike
+    /// `highest`, not moved by control datagrams or floors).
+    highest_data: u64,
     /// The sender's floor, as last seen.
     floor: u64,
     ooo: RangeSet,
@@ -542,6 +549,7 @@ impl Receiver {
                 last_heard: now,
                 cum: base,
                 highest: base,
+                highest_data: base,
                 floor: base,
                 ooo: RangeSet::default(),
                 accept_floor: 0,
@@ -660,6 +668,10 @@ impl Receiver {
             p.advance();
             true
         };
+        if seq < p.highest_data {
+            self.stats.reordered += 1;
+        }
+        p.highest_data = p.highest_data.max(seq + 1);
         p.highest = p.highest.max(seq + 1);
         if let Some(records) = records {
             for r in records {

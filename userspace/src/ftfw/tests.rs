@@ -172,10 +172,12 @@ fn reordered_datagram_after_its_nack_is_still_accepted() {
     m.deliver(&d[0]);
     m.deliver(&d[2]);
     assert_eq!(m.r.gaps(), 1);
+    assert_eq!(m.r.stats().reordered, 0);
     // A duplicate of a datagram still tracked is not delivered twice.
     let _ = m.r.handle_datagram(m.now, &d[2]);
     assert!(m.apply_events().is_empty());
     assert_eq!(m.r.stats().duplicates, 1);
+    assert_eq!(m.r.stats().reordered, 0, "a duplicate is not a reordering");
     // The receiver NACKs the gap at once...
     let ctl = m.sent_by_receiver();
     let nacks: Vec<_> = ctl
@@ -195,6 +197,7 @@ fn reordered_datagram_after_its_nack_is_still_accepted() {
     let _ = m.r.handle_datagram(m.now, &d[1]);
     assert_eq!(m.apply_events().len(), 1);
     assert_eq!(m.r.gaps(), 0);
+    assert_eq!(m.r.stats().reordered, 1);
     assert!(m.converged());
 }
 
