@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{AgentProcess, agent_pair, ctgen_on, ctsync_bin, fw_table, workspace_bin};
 use xtask::{
-    keepalived::{self, Keepalived, Notify},
-    lab::{Fw, LAN_IF, Lab, LabOptions, WAN_IF},
+    keepalived::{self, Keepalived},
+    lab::{Fw, Lab, LabOptions},
     traffic::{Load, Traffic},
 };
 
@@ -140,41 +140,16 @@ fn commit_writes_the_replicated_table_into_the_backup_kernel() {
     assert_eq!(fw1.stats().unwrap()["sync"]["external_entries"], 0);
 }
 
-/// Starts keepalived on both firewalls, fw1 first (the higher priority),
-/// fw2 once fw1 holds the addresses.
 fn vrrp_pair(
     lab: &Lab,
     dir: &std::path::Path,
     agents: Option<(&AgentProcess, &AgentProcess)>,
 ) -> (Keepalived, Keepalived) {
-    let notify = |a: &AgentProcess| Notify {
-        ctsync: ctsync_bin(),
-        socket: a.socket.clone(),
-    };
-    let (n1, n2) = match agents {
-        Some((a1, a2)) => (Some(notify(a1)), Some(notify(a2))),
-        None => (None, None),
-    };
-    let k1 = Keepalived::start(lab, Fw::Fw1, n1.as_ref(), dir).unwrap();
-    keepalived::wait_master(lab, Fw::Fw1, Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", k1.log()));
-    let k2 = Keepalived::start(lab, Fw::Fw2, n2.as_ref(), dir).unwrap();
-    (k1, k2)
+    keepalived::start_pair(lab, &ctsync_bin(), dir, agents).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// fw1 dies: its keepalived and agent are killed and its LAN and WAN links
-/// cut, at once. Returns when fw2 holds the addresses.
-fn kill_fw1(lab: &Lab, k1: &mut Keepalived, k2: &Keepalived, agent: Option<&mut AgentProcess>) {
-    k1.kill();
-    if let Some(a) = agent {
-        a.kill();
-    }
-    for dev in [LAN_IF, WAN_IF] {
-        lab.exec(Fw::Fw1, &["ip", "link", "set", dev, "down"])
-            .unwrap();
-    }
-    keepalived::wait_master(lab, Fw::Fw2, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", k2.log()));
+fn kill_fw1(lab: &Lab, k1: &mut Keepalived, k2: &Keepalived) {
+    keepalived::fail_fw1(lab, k1, k2).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 const LOAD: Load = Load {
@@ -203,9 +178,12 @@ fn keepalived_failover_keeps_every_connection_alive() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(n >= 2 * (LOAD.tcp + LOAD.udp) as usize, "{n}");
 
-    kill_fw1(&lab, &mut k1, &k2, Some(&mut fw1));
+    fw1.kill();
+    kill_fw1(&lab, &mut k1, &k2);
     // keepalived runs the notify asynchronously: wait for it to be done.
-    let notify = wait_notify(&fw2, "master");
+    let notify = fw2
+        .wait_notify("master", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     std::thread::sleep(Duration::from_secs(4));
     let reports = traffic.stop().unwrap();
 
@@ -235,25 +213,6 @@ fn keepalived_failover_keeps_every_connection_alive() {
     }
 }
 
-/// Polls `ctsync stats` until its last notify is `state`, and returns it.
-fn wait_notify(agent: &AgentProcess, state: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = agent.stats().unwrap();
-        let last = &s["last_notify"];
-        if last["state"] == state {
-            assert!(last["error"].is_null(), "notify {state} failed: {last}");
-            return last.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no notify {state} within 30 s (last: {last})\n{}",
-            agent.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn without_ctsync_the_same_failover_kills_tcp_connections() {
     let lab = Lab::up(LabOptions {
@@ -267,7 +226,7 @@ fn without_ctsync_the_same_failover_kills_tcp_connections() {
     let traffic = Traffic::start(&lab, &workspace_bin("ctsync-traffic"), &dir, &LOAD)
         .unwrap_or_else(|e| panic!("{e:#}"));
     std::thread::sleep(Duration::from_secs(1));
-    kill_fw1(&lab, &mut k1, &k2, None);
+    kill_fw1(&lab, &mut k1, &k2);
     std::thread::sleep(Duration::from_secs(4));
     let reports = traffic.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);

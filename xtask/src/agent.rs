@@ -166,6 +166,30 @@ impl AgentProcess {
     }
 
     /// Stops the agent the hard way (a crash), keeping its directory.
+    /// Polls `ctsync stats` until the last `notify` it ran is `state`
+    /// (keepalived runs notify lines in the background) and returns that
+    /// notify's report. Fails if the notify failed.
+    pub fn wait_notify(&self, state: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.stats()?;
+            let last = &s["last_notify"];
+            if last["state"] == state {
+                if !last["error"].is_null() {
+                    bail!("notify {state} failed: {last}");
+                }
+                return Ok(last.clone());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no notify {state} within {timeout:?} (last: {last})\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn kill(&mut self) {
         self.signal(libc::SIGKILL);
         let _ = self.child.wait();

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::agent::AgentProcess;
 use crate::lab::{Fw, LAN_IF, LAN_VIP_V4, LAN_VIP_V6, Lab, PREFIX_V4, PREFIX_V6, WAN_IF};
 
 /// VRRP advertisement interval (vrrp_version 3 allows sub-second ones):
@@ -155,4 +156,42 @@ pub fn wait_master(lab: &Lab, fw: Fw, timeout: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// keepalived on both firewalls, fw1 first (the higher priority), fw2 once
+/// fw1 holds the addresses. With `agents` (fw1's, fw2's), the notify lines
+/// call them; without, keepalived moves the addresses and nothing else.
+pub fn start_pair(
+    lab: &Lab,
+    ctsync: &Path,
+    dir: &Path,
+    agents: Option<(&AgentProcess, &AgentProcess)>,
+) -> Result<(Keepalived, Keepalived)> {
+    let notify = |a: &AgentProcess| Notify {
+        ctsync: ctsync.to_owned(),
+        socket: a.socket.clone(),
+    };
+    let (n1, n2) = match agents {
+        Some((a1, a2)) => (Some(notify(a1)), Some(notify(a2))),
+        None => (None, None),
+    };
+    let k1 = Keepalived::start(lab, Fw::Fw1, n1.as_ref(), dir)?;
+    wait_master(lab, Fw::Fw1, Duration::from_secs(20))
+        .with_context(|| format!("keepalived on fw1:\n{}", k1.log()))?;
+    let k2 = Keepalived::start(lab, Fw::Fw2, n2.as_ref(), dir)?;
+    Ok((k1, k2))
+}
+
+/// fw1 dies: its keepalived is killed and its LAN and WAN links cut, at
+/// once (kill its agent first if it should die too). Returns when fw2
+/// holds every address, with the time that took.
+pub fn fail_fw1(lab: &Lab, k1: &mut Keepalived, k2: &Keepalived) -> Result<Duration> {
+    let t0 = Instant::now();
+    k1.kill();
+    for dev in [LAN_IF, WAN_IF] {
+        lab.exec(Fw::Fw1, &["ip", "link", "set", dev, "down"])?;
+    }
+    wait_master(lab, Fw::Fw2, Duration::from_secs(10))
+        .with_context(|| format!("keepalived on fw2:\n{}", k2.log()))?;
+    Ok(t0.elapsed())
 }
