@@ -19,6 +19,7 @@
 
 pub mod agent;
 pub mod build;
+pub mod conntrackd;
 pub mod ctcompare;
 pub mod exec;
 pub mod keepalived;

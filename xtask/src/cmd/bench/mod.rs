@@ -7,15 +7,16 @@
 //!   deletes the same entries; their CPU time per event is read from
 //!   /proc/PID/stat and reported as a ratio.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+mod commit;
 
-use anyhow::{Context, Result, bail};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
 use xtask::{
     agent::{AgentProcess, sync_config},
-    build, exec,
+    build,
+    conntrackd::Conntrackd,
+    exec,
     lab::{Fw, Lab, LabOptions, Node},
     setup,
 };
@@ -25,21 +26,57 @@ pub struct Args {
     /// Entries created then deleted per contender (two events each).
     #[arg(long, default_value_t = 200_000)]
     entries: u32,
+    /// Entries each daemon commits into the backup's kernel table.
+    #[arg(long, default_value_t = 1_000_000)]
+    commit_entries: u32,
+    /// Run one part only.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
+enum Part {
+    /// Decode cost and memory per entry (no lab).
+    Decode,
+    /// CPU per replicated event, both daemons.
+    Events,
+    /// Commit of a replicated table, both daemons, against the kernel's ceiling.
+    Commit,
 }
 
 pub fn run(args: Args) -> Result<()> {
     setup::ensure()?;
     build::release_bins()?;
+    let part = |p: Part| args.only.is_none_or(|o| o == p);
+    if part(Part::Decode) {
+        decode()?;
+    }
+    if part(Part::Events) || part(Part::Commit) {
+        let lab = Lab::up(LabOptions::default())?;
+        if part(Part::Events) {
+            events(&lab, &args)?;
+        }
+        if part(Part::Commit) {
+            commit::run(&lab, args.commit_entries)?;
+        }
+        lab.down()?;
+    }
+    Ok(())
+}
+
+fn decode() -> Result<()> {
     let bench = build::bin("ctsync-bench");
     println!("== decode and memory (ctsync-bench) ==");
     exec::exec(std::process::Command::new(&bench).arg("decode"))?;
     exec::exec(std::process::Command::new(&bench).arg("memory"))?;
+    Ok(())
+}
 
+fn events(lab: &Lab, args: &Args) -> Result<()> {
     println!(
         "\n== replication: CPU per conntrack event on the primary (fw1) and the backup (fw2), \
          ctsync vs conntrackd, same lab, same load =="
     );
-    let lab = Lab::up(LabOptions::default())?;
     let ctsync = {
         let start = |fw: Fw| {
             AgentProcess::start(
@@ -77,52 +114,13 @@ pub fn run(args: Args) -> Result<()> {
     let conntrackd = {
         let dir =
             std::env::temp_dir().join(format!("ctsync-bench-conntrackd-{}", std::process::id()));
-        let mut children = vec![];
-        for fw in [Fw::Fw1, Fw::Fw2] {
-            let d = dir.join(fw.to_string());
-            std::fs::create_dir_all(&d)?;
-            let cfg = d.join("conntrackd.conf");
-            std::fs::write(&cfg, conntrackd_config(&d, fw))?;
-            let child = lab
-                .command(
-                    fw.node(),
-                    &[
-                        "conntrackd",
-                        "-C",
-                        cfg.to_str().context("temp path not UTF-8")?,
-                    ],
-                )
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .context("starting conntrackd (installed by `cargo xtask setup`)")?;
-            children.push((child, d));
-        }
-        std::thread::sleep(Duration::from_secs(2));
-        for (child, d) in &mut children {
-            if let Some(st) = child.try_wait()? {
-                bail!(
-                    "conntrackd exited ({st}): {}",
-                    std::fs::read_to_string(d.join("conntrackd.log")).unwrap_or_default()
-                );
-            }
-        }
-        let pids: Vec<u32> = children.iter().map(|(c, _)| c.id()).collect();
-        let backup_cfg = children[1].1.join("conntrackd.conf");
-        let r = measure(&lab, &pids, args.entries, || {
-            // `conntrackd -e` prints the external cache, one entry per line.
-            let out = exec::stdout(
-                std::process::Command::new("conntrackd")
-                    .arg("-C")
-                    .arg(&backup_cfg)
-                    .arg("-e"),
-            )?;
-            Ok(out.lines().filter(|l| l.contains("src=")).count())
-        });
-        for (mut child, _) in children {
-            // SAFETY: plain syscall on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
-        }
+        let r = (|| {
+            let c1 = Conntrackd::start(lab, Fw::Fw1, &dir)?;
+            let c2 = Conntrackd::start(lab, Fw::Fw2, &dir)?;
+            measure(lab, &[c1.pid(), c2.pid()], args.entries, || {
+                c2.external_entries(&lab)
+            })
+        })();
         let _ = std::fs::remove_dir_all(&dir);
         let r = r?;
         println!(
@@ -143,7 +141,6 @@ pub fn run(args: Args) -> Result<()> {
         ctsync.us_per_event[0] / conntrackd.us_per_event[0],
         ctsync.us_per_event[1] / conntrackd.us_per_event[1]
     );
-    lab.down()?;
     Ok(())
 }
 
@@ -227,45 +224,4 @@ fn measure(
         offered_rate: events as f64 / offered,
         replicated: copies,
     })
-}
-
-/// conntrackd as Debian ships it, FT-FW over UDP on the first sync link
-/// towards the other firewall, with buffers sized for this load.
-fn conntrackd_config(dir: &Path, fw: Fw) -> String {
-    let d = dir.display();
-    let (me, peer) = (fw.sync_v4(0), fw.other().sync_v4(0));
-    format!(
-        r#"Sync {{
-    Mode FTFW {{
-    }}
-    UDP {{
-        IPv4_address {me}
-        IPv4_Destination_Address {peer}
-        Port 3780
-        Interface sync0
-        SndSocketBuffer 1249280
-        RcvSocketBuffer 1249280
-        Checksum on
-    }}
-}}
-General {{
-    Systemd off
-    HashSize 65536
-    HashLimit 1048576
-    LogFile {d}/conntrackd.log
-    LockFile {d}/conntrackd.lock
-    UNIX {{
-        Path {d}/conntrackd.sock
-    }}
-    NetlinkBufferSize 8388608
-    NetlinkBufferSizeMaxGrowth 134217728
-    Filter From Kernelspace {{
-        Address Ignore {{
-            IPv4_address 127.0.0.1
-            IPv6_address ::1
-        }}
-    }}
-}}
-"#
-    )
 }
