@@ -17,8 +17,11 @@ use ctsync::{
     nlsock::NlSocket,
 };
 use ctsync_common::{
-    CtRecord,
-    conntrack::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, record_flags, tcp_state},
+    CtExt, CtRecord,
+    conntrack::{
+        AF_INET, AF_INET6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, record_flags, sctp_state,
+        tcp_state,
+    },
 };
 
 /// What entries to make.
@@ -55,6 +58,9 @@ pub enum Proto {
     Udp,
     /// Even entries TCP, odd entries UDP.
     Mixed,
+    /// SCTP, ESTABLISHED, with distinct non-zero verification tags per
+    /// entry ([`Spec::sctp_vtag`]).
+    Sctp,
 }
 
 const IPS_SEEN_REPLY: u32 = 1 << 1;
@@ -96,6 +102,7 @@ impl Spec {
             Proto::Udp => IPPROTO_UDP,
             Proto::Mixed if i.is_multiple_of(2) => IPPROTO_TCP,
             Proto::Mixed => IPPROTO_UDP,
+            Proto::Sctp => IPPROTO_SCTP,
         };
         let mut r = CtRecord::default();
         r.orig.family = if v6 { AF_INET6 } else { AF_INET };
@@ -105,8 +112,12 @@ impl Spec {
         put_addr(&mut r.orig.dst, dst);
         r.orig.src_port = (10_000 + (i % 50_000) as u16).to_be();
         // Server ports vary too, so NATed reply tuples stay unique past 60k entries.
-        r.orig.dst_port =
-            (if proto == IPPROTO_TCP { 80 } else { 53 } + (i / 60_000) as u16).to_be();
+        let server_port = match proto {
+            IPPROTO_TCP => 80,
+            IPPROTO_SCTP => 3868,
+            _ => 53,
+        };
+        r.orig.dst_port = (server_port + (i / 60_000) as u16).to_be();
         r.reply = encode::invert_tuple(&r.orig);
         r.status = IPS_SEEN_REPLY | IPS_ASSURED | IPS_CONFIRMED;
         r.timeout = self.timeout;
@@ -117,6 +128,10 @@ impl Spec {
             r.proto_state = tcp_state::ESTABLISHED;
             r.tcp_wscale_orig = 7;
             r.tcp_wscale_reply = 7;
+        }
+        if proto == IPPROTO_SCTP {
+            r.flags |= record_flags::HAS_PROTOINFO | record_flags::HAS_EXT;
+            r.proto_state = sctp_state::ESTABLISHED;
         }
         if self.nat {
             let to = self.nat_to.unwrap_or(if v6 {
@@ -130,6 +145,26 @@ impl Spec {
             r.status |= IPS_SRC_NAT | IPS_SRC_NAT_DONE;
         }
         r
+    }
+}
+
+impl Spec {
+    /// The verification tags `[original, reply]` of SCTP entry `i`: non-zero,
+    /// distinct across entries and directions (for `i` below 2^28), and
+    /// different under a byte swap.
+    pub fn sctp_vtag(i: u32) -> [u32; 2] {
+        [
+            0x1000_0000 + (i & 0x0fff_ffff),
+            0x9000_0000 + (i & 0x0fff_ffff),
+        ]
+    }
+
+    /// The extension of entry `i`: the SCTP tags, none for other protocols.
+    pub fn ext(&self, i: u32) -> Option<CtExt> {
+        (self.proto == Proto::Sctp).then(|| CtExt {
+            sctp_vtag: Spec::sctp_vtag(i),
+            ..Default::default()
+        })
     }
 }
 
@@ -166,7 +201,7 @@ pub fn write(
                     req,
                     CreateMode::Exclusive,
                     &rec,
-                    None,
+                    spec.ext(i + j).as_ref(),
                     EntryOptions::default(),
                 );
             }

@@ -87,13 +87,27 @@ pub mod tcp_state {
     ];
 }
 
+/// SCTP state numbers, as in `enum sctp_conntrack` (`CTA_PROTOINFO_SCTP_STATE`).
+pub mod sctp_state {
+    pub const NONE: u8 = 0;
+    pub const CLOSED: u8 = 1;
+    pub const COOKIE_WAIT: u8 = 2;
+    pub const COOKIE_ECHOED: u8 = 3;
+    pub const ESTABLISHED: u8 = 4;
+    pub const SHUTDOWN_SENT: u8 = 5;
+    pub const SHUTDOWN_RECD: u8 = 6;
+    pub const SHUTDOWN_ACK_SENT: u8 = 7;
+    pub const HEARTBEAT_SENT: u8 = 8;
+}
+
 /// Flags of `CtRecord::flags` (host order).
 pub mod record_flags {
     /// `CtRecord::labels` holds `CTA_LABELS`.
     pub const HAS_LABELS: u16 = 1 << 0;
     /// `proto_state` and the TCP fields were present (`CTA_PROTOINFO`).
     pub const HAS_PROTOINFO: u16 = 1 << 1;
-    /// A `CtExt` (NAT sequence adjustment and/or helper) belongs to the entry.
+    /// A `CtExt` (NAT sequence adjustment, helper and/or SCTP verification
+    /// tags) belongs to the entry.
     pub const HAS_EXT: u16 = 1 << 2;
     /// `timeout` was present (`CTA_TIMEOUT`).
     pub const HAS_TIMEOUT: u16 = 1 << 3;
@@ -107,7 +121,7 @@ pub mod record_flags {
 /// A conntrack entry's replicated state (128 bytes, fixed size).
 ///
 /// Keyed by `orig` (which includes the zone). Rare, larger attributes (NAT
-/// sequence adjustment, helper name) live in a separate [`CtExt`] so that the
+/// sequence adjustment, helper name, SCTP verification tags) live in a separate [`CtExt`] so that the
 /// common case stays small.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, PartialEq, Eq, Debug, Default)]
@@ -153,7 +167,8 @@ pub struct NatSeq {
     pub offset_after: u32,
 }
 
-/// The rare part of an entry: NAT sequence adjustment and helper (40 bytes).
+/// The rare part of an entry: NAT sequence adjustment, helper and SCTP
+/// verification tags (48 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, PartialEq, Eq, Debug, Default)]
 pub struct CtExt {
@@ -161,6 +176,11 @@ pub struct CtExt {
     pub nat_seq: [NatSeq; 2],
     /// Helper name (`CTA_HELP_NAME`), NUL padded; empty when none.
     pub helper: [u8; 16],
+    /// SCTP verification tags `[original, reply]`
+    /// (`CTA_PROTOINFO_SCTP_VTAG_ORIGINAL`/`_REPLY`, host order); zero for
+    /// other protocols and for a direction whose tag the kernel has not
+    /// learnt yet.
+    pub sctp_vtag: [u32; 2],
 }
 
 impl CtExt {
@@ -180,7 +200,9 @@ impl CtExt {
 
 const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
 const _: () = assert!(core::mem::size_of::<CtRecord>() == 128);
-const _: () = assert!(core::mem::size_of::<CtExt>() == 40);
+const _: () = assert!(core::mem::size_of::<CtExt>() == 48);
+const _: () = assert!(core::mem::offset_of!(CtExt, helper) == 24);
+const _: () = assert!(core::mem::offset_of!(CtExt, sctp_vtag) == 40);
 
 #[cfg(feature = "user")]
 mod user {

@@ -116,7 +116,8 @@ pub mod flags {
 pub mod rtype {
     /// `CtRecord`: an entry's state, without extension.
     pub const STATE: u8 = 1;
-    /// `CtRecord` + `CtExt`: an entry's state with NAT seq adj / helper.
+    /// `CtRecord` + `CtExt`: an entry's state with NAT seq adj / helper /
+    /// SCTP verification tags.
     pub const STATE_EXT: u8 = 2;
     /// `DestroyBody`: the entry is gone (as of `version`).
     pub const DESTROY: u8 = 3;
@@ -234,7 +235,7 @@ pub struct RecordHeader {
     pub len: u16,
 }
 
-/// STATE_EXT body (168 bytes).
+/// STATE_EXT body (176 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, PartialEq, Eq, Debug, Default)]
 pub struct StateExtBody {
@@ -309,14 +310,14 @@ pub struct RequestBody {
 
 const _: () = assert!(size_of::<Header>() == HEADER_LEN);
 const _: () = assert!(size_of::<RecordHeader>() == RECORD_HEADER_LEN);
-const _: () = assert!(size_of::<StateExtBody>() == 168);
+const _: () = assert!(size_of::<StateExtBody>() == 176);
 const _: () = assert!(size_of::<DestroyBody>() == 48);
 const _: () = assert!(size_of::<BulkBody>() == 8);
 const _: () = assert!(size_of::<RangeBody>() == 8);
 const _: () = assert!(size_of::<SessionBody>() == 16);
 const _: () = assert!(size_of::<HelloBody>() == 8);
 const _: () = assert!(size_of::<RequestBody>() == 4);
-const _: () = assert!(STATE_LEN == 132 && STATE_EXT_LEN == 172 && DESTROY_LEN == 52);
+const _: () = assert!(STATE_LEN == 132 && STATE_EXT_LEN == 180 && DESTROY_LEN == 52);
 const _: () = assert!(MAX_DATAGRAM.is_multiple_of(4) && MAX_PAYLOAD <= u16::MAX as usize);
 const _: () = assert!(core::mem::offset_of!(Header, checksum) == CHECKSUM_OFFSET);
 
@@ -974,6 +975,7 @@ mod tests {
         e.nat_seq[0].correction_pos = i;
         e.nat_seq[1].offset_after = !i;
         e.helper[..3].copy_from_slice(b"ftp");
+        e.sctp_vtag = [0x1000_0000 | i, !i];
         e
     }
 
@@ -1028,6 +1030,28 @@ mod tests {
         assert_eq!(core::mem::offset_of!(Header, payload_len), 26);
         // 10 STATE records per 1500-byte Ethernet frame over IPv4.
         assert_eq!((1472 - HEADER_LEN) / STATE_LEN, 10);
+    }
+
+    /// The STATE_EXT body as docs/wire-format.md lays it out: `CtRecord`,
+    /// then `CtExt` at 128 with the SCTP tags at 168 (little-endian).
+    #[test]
+    fn state_ext_layout() {
+        assert_eq!(core::mem::offset_of!(StateExtBody, ext), 128);
+        let mut buf = [0u8; HEADER_LEN + STATE_EXT_LEN];
+        let mut e = Encoder::new(&mut buf, Kind::Data).unwrap();
+        let mut x = CtExt::default();
+        x.helper[..3].copy_from_slice(b"sip");
+        x.sctp_vtag = [0x0102_0304, 0xa0b0_c0d0];
+        e.push(&Record::StateExt(rec(1), x)).unwrap();
+        let n = e.finish(FIELDS);
+        assert_eq!(n, buf.len());
+        let body = &buf[HEADER_LEN + RECORD_HEADER_LEN..];
+        assert_eq!(body.len(), 176);
+        assert_eq!(&body[128 + 24..128 + 27], b"sip");
+        assert_eq!(
+            &body[168..176],
+            &[0x04, 0x03, 0x02, 0x01, 0xd0, 0xc0, 0xb0, 0xa0]
+        );
     }
 
     #[test]

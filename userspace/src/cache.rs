@@ -14,7 +14,10 @@
 
 use std::hash::BuildHasher;
 
-use ctsync_common::{CtExt, CtRecord, Tuple, conntrack::record_flags};
+use ctsync_common::{
+    CtExt, CtRecord, Tuple,
+    conntrack::{IPPROTO_SCTP, record_flags},
+};
 use hashbrown::{HashMap, HashTable};
 
 const CHUNK: usize = 4096;
@@ -196,7 +199,14 @@ impl Cache {
                 (s, Upsert::Inserted)
             }
         };
-        if let Some(e) = ext.filter(|e| !e.is_empty()) {
+        // SCTP protocol info always comes with both verification tags (only
+        // destroy events lack them): the message's tags replace the cached
+        // ones, zero included. The other parts are only sent when set.
+        let sctp_tags =
+            rec.orig.proto == IPPROTO_SCTP && rec.flags & record_flags::HAS_PROTOINFO != 0;
+        if let Some(e) =
+            ext.filter(|e| !e.is_empty() || (sctp_tags && self.ext.contains_key(&slot)))
+        {
             let cur = self.ext.entry(slot).or_default();
             if e.nat_seq != [Default::default(); 2] {
                 cur.nat_seq = e.nat_seq;
@@ -204,7 +214,15 @@ impl Cache {
             if e.helper[0] != 0 {
                 cur.helper = e.helper;
             }
-            self.rec_mut(slot).flags |= record_flags::HAS_EXT;
+            if sctp_tags {
+                cur.sctp_vtag = e.sctp_vtag;
+            }
+            if cur.is_empty() {
+                self.ext.remove(&slot);
+                self.rec_mut(slot).flags &= !record_flags::HAS_EXT;
+            } else {
+                self.rec_mut(slot).flags |= record_flags::HAS_EXT;
+            }
         }
         self.states[slot as usize] |= slot::SEEN;
         self.enqueue(slot);
@@ -433,6 +451,43 @@ mod tests {
         c.upsert(&u, None);
         let (got, _) = c.get(&r.orig).unwrap();
         assert_eq!((got.proto_state, got.mark), (3, 7));
+    }
+
+    #[test]
+    fn sctp_tags_follow_the_protocol_info() {
+        use ctsync_common::conntrack::IPPROTO_SCTP;
+        let mut c = Cache::new();
+        let mut r = rec(1);
+        r.orig.proto = IPPROTO_SCTP;
+        let tagged = |orig, reply| CtExt {
+            sctp_vtag: [orig, reply],
+            ..Default::default()
+        };
+        c.upsert(&r, Some(&tagged(0x11, 0)));
+        let ext = |c: &Cache| c.get(&r.orig).and_then(|(_, e)| e.copied());
+        assert_eq!(ext(&c), Some(tagged(0x11, 0)));
+        assert_ne!(c.get(&r.orig).unwrap().0.flags & record_flags::HAS_EXT, 0);
+        c.upsert(&r, Some(&tagged(0x11, 0x22)));
+        assert_eq!(ext(&c), Some(tagged(0x11, 0x22)));
+        // An update without protocol info (no tags) keeps them.
+        let mut u = r;
+        u.flags = record_flags::HAS_REPLY;
+        c.upsert(&u, Some(&CtExt::default()));
+        assert_eq!(ext(&c), Some(tagged(0x11, 0x22)));
+        // The helper merges in beside them.
+        let mut h = CtExt::default();
+        h.helper[..3].copy_from_slice(b"abc");
+        c.upsert(&u, Some(&h));
+        assert_eq!(ext(&c).unwrap().sctp_vtag, [0x11, 0x22]);
+        assert_eq!(ext(&c).unwrap().helper_name(), b"abc");
+        // Protocol info with zero tags clears them; an extension left empty
+        // is dropped.
+        let mut s = rec(2);
+        s.orig.proto = IPPROTO_SCTP;
+        c.upsert(&s, Some(&tagged(5, 6)));
+        c.upsert(&s, Some(&CtExt::default()));
+        let (got, e) = c.get(&s.orig).unwrap();
+        assert_eq!((e, got.flags & record_flags::HAS_EXT), (None, 0));
     }
 
     #[test]

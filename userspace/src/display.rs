@@ -49,6 +49,9 @@ pub struct EntryView {
     pub labels: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub helper: Option<String>,
+    /// SCTP verification tags `[original, reply]`, when the entry has any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sctp_vtag: Option<[u32; 2]>,
     pub id: u32,
 }
 
@@ -100,6 +103,7 @@ impl EntryView {
             .map(|e| e.helper_name())
             .filter(|h| !h.is_empty())
             .map(|h| String::from_utf8_lossy(h).into_owned());
+        let sctp_vtag = ext.map(|e| e.sctp_vtag).filter(|t| *t != [0; 2]);
         EntryView {
             family: if r.orig.family == AF_INET6 {
                 "ipv6"
@@ -117,6 +121,7 @@ impl EntryView {
             state,
             labels,
             helper,
+            sctp_vtag,
             id: r.id,
         }
     }
@@ -149,6 +154,41 @@ impl EntryView {
         if let Some(l) = &self.labels {
             let _ = write!(s, " labels=0x{l}");
         }
+        if let Some([o, r]) = self.sctp_vtag {
+            let _ = write!(s, " vtag_orig=0x{o:08x} vtag_reply=0x{r:08x}");
+        }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctsync_common::conntrack::{AF_INET, IPPROTO_SCTP};
+
+    #[test]
+    fn sctp_tags_are_shown_when_present() {
+        let mut r = CtRecord::default();
+        r.orig.family = AF_INET;
+        r.orig.proto = IPPROTO_SCTP;
+        r.reply = r.orig;
+        let ext = CtExt {
+            sctp_vtag: [0x0102_0304, 0xa0b0_c0d0],
+            ..Default::default()
+        };
+        let v = EntryView::new(&r, Some(&ext));
+        let j = serde_json::to_value(&v).unwrap();
+        assert_eq!(
+            j["sctp_vtag"],
+            serde_json::json!([0x0102_0304u32, 0xa0b0_c0d0u32])
+        );
+        assert!(
+            v.to_line()
+                .ends_with(" vtag_orig=0x01020304 vtag_reply=0xa0b0c0d0"),
+            "{}",
+            v.to_line()
+        );
+        let none = serde_json::to_value(EntryView::new(&r, None)).unwrap();
+        assert!(none.get("sctp_vtag").is_none());
     }
 }

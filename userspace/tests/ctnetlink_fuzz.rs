@@ -89,6 +89,7 @@ fn sample_batch(buf: &mut Vec<u8>) {
             NatSeq::default(),
         ],
         helper: *b"ftp\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        sctp_vtag: [0x1234_5678, 0x9abc_def0],
     };
     for (i, family) in [AF_INET, AF_INET6].into_iter().enumerate() {
         for (j, proto) in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_SCTP, 50]

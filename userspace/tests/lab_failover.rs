@@ -8,10 +8,24 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
+use ctsync::{
+    ctnetlink::{EntryOptions, encode},
+    ctwrite::Writer,
+    display::EntryView,
+};
+use ctsync_common::{
+    CtExt, CtRecord, Tuple,
+    conntrack::{AF_INET, IPPROTO_SCTP, sctp_state},
+};
 use serde_json::Value;
-use support::{AgentProcess, agent_pair, ctgen_on, ctsync_bin, fw_table, workspace_bin};
+use support::{
+    AgentProcess, agent_pair, ctgen_on, ctsync_bin, fw_ctnetlink_table, fw_table, workspace_bin,
+};
 use xtask::{
     keepalived::{self, Keepalived},
     lab::{Fw, Lab, LabOptions},
@@ -37,6 +51,187 @@ fn max_ctgen_timeout(lab: &Lab, fw: Fw) -> u64 {
         .map(|l| l.split_whitespace().nth(4).unwrap().parse::<u64>().unwrap())
         .max()
         .expect("ctgen's entries are in the table")
+}
+
+/// The SCTP entries of `fw`'s kernel table, read through ctnetlink.
+fn sctp_table(lab: &Lab, fw: Fw) -> HashMap<Tuple, (CtRecord, CtExt)> {
+    fw_ctnetlink_table(lab, fw)
+        .into_iter()
+        .filter(|(k, _)| k.proto == IPPROTO_SCTP)
+        .collect()
+}
+
+/// Panics unless `got` has every entry of `want` with the same reply tuple,
+/// SCTP state and verification tags (and nothing else).
+fn assert_same_sctp(
+    what: &str,
+    want: &HashMap<Tuple, (CtRecord, CtExt)>,
+    got: &HashMap<Tuple, (CtRecord, CtExt)>,
+) {
+    let mut bad = Vec::new();
+    for (k, (r, e)) in want {
+        let ok = got.get(k).is_some_and(|(gr, ge)| {
+            gr.reply == r.reply && gr.proto_state == r.proto_state && ge.sctp_vtag == e.sctp_vtag
+        });
+        if !ok {
+            bad.push(format!(
+                "want {} got {:?}",
+                EntryView::new(r, Some(e)).to_line(),
+                got.get(k)
+                    .map(|(gr, ge)| EntryView::new(gr, Some(ge)).to_line())
+            ));
+        }
+    }
+    assert!(
+        bad.is_empty() && got.len() == want.len(),
+        "{what}: {} of {} SCTP entries differ ({} on the other side); first: {:#?}",
+        bad.len(),
+        want.len(),
+        got.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
+
+/// The SCTP verification tags, which `conntrack -L` does not print, go from
+/// fw1's kernel through replication and the commit into fw2's kernel, entry
+/// by entry: without them the backup's tracker would treat the associations'
+/// chunks as invalid after a failover. A second commit (every entry exists)
+/// restores tags through updates.
+#[test]
+fn commit_carries_sctp_verification_tags() {
+    const V4: usize = 2000;
+    const V6: usize = 1000;
+    let lab = Lab::up(LabOptions::default()).expect("lab up");
+    let (_fw1, fw2) = agent_pair(&lab, "sctp", "");
+    ctgen_on(
+        &lab,
+        Fw::Fw1,
+        &[
+            "--count",
+            "2000",
+            "--family",
+            "4",
+            "--proto",
+            "sctp",
+            "--nat",
+            "--timeout",
+            "900",
+        ],
+    );
+    ctgen_on(
+        &lab,
+        Fw::Fw1,
+        &[
+            "--count",
+            "1000",
+            "--family",
+            "6",
+            "--proto",
+            "sctp",
+            "--timeout",
+            "900",
+        ],
+    );
+
+    // fw1's kernel holds what ctgen asked for: ESTABLISHED, entry i of a
+    // family tagged 0x1000_0000 + i / 0x9000_0000 + i.
+    let t1 = sctp_table(&lab, Fw::Fw1);
+    assert_eq!(t1.len(), V4 + V6, "ctgen's SCTP entries on fw1");
+    let mut tags = HashSet::new();
+    for (k, (r, e)) in &t1 {
+        assert_eq!(r.proto_state, sctp_state::ESTABLISHED, "{k:?}");
+        let i = if k.family == AF_INET {
+            u32::from_be_bytes(k.src[..4].try_into().unwrap()) - u32::from_be_bytes([10, 70, 0, 0])
+        } else {
+            u32::from_be_bytes(k.src[12..].try_into().unwrap())
+        };
+        assert_eq!(e.sctp_vtag, [0x1000_0000 + i, 0x9000_0000 + i], "{k:?}");
+        tags.insert((k.family, e.sctp_vtag));
+    }
+    assert_eq!(tags.len(), V4 + V6, "distinct tags per entry");
+
+    let n = fw2
+        .wait_cache_equals("external", Duration::from_secs(60), || {
+            Ok(fw_table(&lab, Fw::Fw1))
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(n >= V4 + V6, "{n}");
+    // The external cache carries the tags (dump --json shows them).
+    let dump: Vec<EntryView> = serde_json::from_str(
+        &fw2.ctl(&["dump", "external", "--json"])
+            .unwrap_or_else(|e| panic!("{e:#}")),
+    )
+    .expect("dump --json");
+    let want: HashSet<String> = t1
+        .values()
+        .map(|(r, e)| {
+            serde_json::to_string(&EntryView::new(r, Some(e)).orig).unwrap()
+                + &format!("{:?}", Some(e.sctp_vtag))
+        })
+        .collect();
+    let got: HashSet<String> = dump
+        .iter()
+        .filter(|v| v.proto == IPPROTO_SCTP)
+        .map(|v| serde_json::to_string(&v.orig).unwrap() + &format!("{:?}", v.sctp_vtag))
+        .collect();
+    assert!(
+        want == got,
+        "external cache tags differ: {} expected, {} dumped, {} in common",
+        want.len(),
+        got.len(),
+        want.intersection(&got).count()
+    );
+
+    let r = ctl_json(&fw2, &["commit"]);
+    assert_eq!(r["entries"], n, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    assert_eq!(r["created"], n, "{r}");
+    assert_same_sctp("fw2 after the commit", &t1, &sctp_table(&lab, Fw::Fw2));
+
+    // Overwrite fw2's tags by hand (an update the kernel must accept, with
+    // the state), then commit again: every entry exists, so every one is
+    // updated, and the updates put fw1's tags back.
+    let scrambled: Vec<(CtRecord, CtExt)> = sctp_table(&lab, Fw::Fw2)
+        .into_values()
+        .map(|(r, mut e)| {
+            e.sctp_vtag = [!e.sctp_vtag[0], !e.sctp_vtag[1]];
+            (r, e)
+        })
+        .collect();
+    let failed = lab
+        .in_ns(Fw::Fw2, || {
+            let mut w = Writer::open().expect("ctnetlink writer");
+            let mut failed = Vec::new();
+            w.write(
+                &scrambled,
+                |buf, req, (r, e)| encode::update(buf, req, r, Some(e), EntryOptions::default()),
+                |i, errno| failed.push((i, errno)),
+            )
+            .expect("writing updates");
+            failed
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(failed.is_empty(), "updates refused: {failed:?}");
+    let t2 = sctp_table(&lab, Fw::Fw2);
+    let expected: HashMap<Tuple, (CtRecord, CtExt)> =
+        scrambled.iter().map(|(r, e)| (r.orig, (*r, *e))).collect();
+    assert_same_sctp("fw2 after scrambling its tags", &expected, &t2);
+
+    let r = ctl_json(&fw2, &["commit"]);
+    assert_eq!(
+        (
+            r["created"].as_u64(),
+            r["updated"].as_u64(),
+            r["failed"].as_u64()
+        ),
+        (Some(0), Some(n as u64), Some(0)),
+        "{r}"
+    );
+    assert_same_sctp(
+        "fw2 after the second commit",
+        &t1,
+        &sctp_table(&lab, Fw::Fw2),
+    );
 }
 
 #[test]

@@ -345,7 +345,7 @@ pub(crate) fn decode_entry(
                 rec.flags |= record_flags::HAS_LABELS;
             }
             CTA_PROTOINFO => {
-                protoinfo(v, rec)?;
+                protoinfo(v, rec, ext)?;
                 rec.flags |= record_flags::HAS_PROTOINFO;
             }
             CTA_SEQ_ADJ_ORIG => seqadj(v, "CTA_SEQ_ADJ_ORIG", &mut ext.nat_seq[0])?,
@@ -543,7 +543,7 @@ fn set_icmp_code(t: &mut Tuple, code: u8) {
     t.set_icmp(t.icmp_type(), code);
 }
 
-fn protoinfo(data: &[u8], rec: &mut CtRecord) -> Result<(), DecodeError> {
+fn protoinfo(data: &[u8], rec: &mut CtRecord, ext: &mut CtExt) -> Result<(), DecodeError> {
     for attr in Attrs::new(data, "CTA_PROTOINFO") {
         let (kind, v) = attr?;
         match kind {
@@ -572,12 +572,23 @@ fn protoinfo(data: &[u8], rec: &mut CtRecord) -> Result<(), DecodeError> {
                     }
                 }
             }
-            // The verification tags are not kept (CtRecord has no room).
+            // The kernel sends the state and both verification tags (the
+            // tags are missing only from destroy events); the tags go to the
+            // extension, so a tagged SCTP entry has one.
             CTA_PROTOINFO_SCTP => {
                 for attr in Attrs::new(v, "CTA_PROTOINFO_SCTP") {
                     let (kind, v) = attr?;
-                    if kind == CTA_PROTOINFO_SCTP_STATE {
-                        rec.proto_state = u8_attr("CTA_PROTOINFO_SCTP_STATE", v)?;
+                    match kind {
+                        CTA_PROTOINFO_SCTP_STATE => {
+                            rec.proto_state = u8_attr("CTA_PROTOINFO_SCTP_STATE", v)?;
+                        }
+                        CTA_PROTOINFO_SCTP_VTAG_ORIGINAL => {
+                            ext.sctp_vtag[0] = be32("CTA_PROTOINFO_SCTP_VTAG_ORIGINAL", v)?;
+                        }
+                        CTA_PROTOINFO_SCTP_VTAG_REPLY => {
+                            ext.sctp_vtag[1] = be32("CTA_PROTOINFO_SCTP_VTAG_REPLY", v)?;
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -143,8 +143,9 @@ pub fn proto_has_ports(proto: u8) -> bool {
 ///
 /// Sends: both tuples, zone, status ([`settable_status`]), timeout (always:
 /// the kernel requires it; `rec.timeout` should be the remaining lifetime),
-/// mark, protocol state, NAT, sequence adjustment, helper and labels, each
-/// when the record has it.
+/// mark, protocol state (for SCTP with the verification tags of `ext`, zero
+/// without one), NAT, sequence adjustment, helper and labels, each when the
+/// record has it.
 ///
 /// NAT: the kernel only translates packets of entries whose NAT was set up
 /// through `CTA_NAT_SRC`/`CTA_NAT_DST` (status bits cannot do it, and a NATed
@@ -197,7 +198,7 @@ pub fn create(
         m.be32(CTA_MARK, rec.mark);
     }
     if rec.flags & record_flags::HAS_PROTOINFO != 0 {
-        m.protoinfo(rec, opts, true);
+        m.protoinfo(rec, ext, opts, true);
     }
     // Applied DNAT first, then SNAT (ctnetlink_setup_nat), both from the
     // final reply tuple. ICMP keeps its id in `src_port` in both directions.
@@ -230,9 +231,10 @@ pub fn create(
 /// Sends the original tuple and zone (the key), status, and the timeout,
 /// mark, protocol state, sequence adjustment and labels the record has. Not
 /// sent, because the kernel refuses to change them on an existing entry:
-/// NAT and helper. Not sent for SCTP: the state, because the kernel insists
-/// on verification tags with it, and CtRecord has none to send (zeros would
-/// overwrite the entry's real tags).
+/// NAT and helper. SCTP state goes only with verification tags (the kernel
+/// refuses one without the other, and sets both): sent when `ext` has a
+/// non-zero tag, not sent otherwise, so that zeros never overwrite tags
+/// the entry has.
 pub fn update(
     buf: &mut Vec<u8>,
     req: Request,
@@ -260,7 +262,7 @@ pub fn update(
         m.be32(CTA_MARK, rec.mark);
     }
     if rec.flags & record_flags::HAS_PROTOINFO != 0 {
-        m.protoinfo(rec, opts, false);
+        m.protoinfo(rec, ext, opts, false);
     }
     if let Some(ext) = ext {
         m.seqadj(ext);
@@ -504,7 +506,7 @@ impl<'a> Msg<'a> {
     }
 
     /// `CTA_PROTOINFO` for TCP, SCTP and DCCP; nothing for other protocols.
-    fn protoinfo(&mut self, rec: &CtRecord, opts: EntryOptions, create: bool) {
+    fn protoinfo(&mut self, rec: &CtRecord, ext: Option<&CtExt>, opts: EntryOptions, create: bool) {
         match rec.orig.proto {
             IPPROTO_TCP => {
                 let info = self.nest(CTA_PROTOINFO);
@@ -526,14 +528,16 @@ impl<'a> Msg<'a> {
                 self.end(info);
             }
             // The kernel refuses SCTP state without both verification tags
-            // (EINVAL). CtRecord does not carry them, so a created entry gets
-            // zeros; the SCTP tracker learns them again from HEARTBEATs.
-            IPPROTO_SCTP if create => {
+            // (EINVAL, `nlattr_to_sctp`), on create and update alike. A
+            // created entry without tags gets zeros (the tracker learns them
+            // again from a HEARTBEAT); an update without tags sends nothing.
+            IPPROTO_SCTP if create || ext.is_some_and(|e| e.sctp_vtag != [0; 2]) => {
+                let [orig, reply] = ext.map_or([0; 2], |e| e.sctp_vtag);
                 let info = self.nest(CTA_PROTOINFO);
                 let sctp = self.nest(CTA_PROTOINFO_SCTP);
                 self.u8(CTA_PROTOINFO_SCTP_STATE, rec.proto_state);
-                self.be32(CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, 0);
-                self.be32(CTA_PROTOINFO_SCTP_VTAG_REPLY, 0);
+                self.be32(CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, orig);
+                self.be32(CTA_PROTOINFO_SCTP_VTAG_REPLY, reply);
                 self.end(sctp);
                 self.end(info);
             }

@@ -63,7 +63,7 @@ mod tests {
     use ctsync_common::conntrack::{
         AF_INET, AF_INET6, CtExt, CtRecord, IPPROTO_DCCP, IPPROTO_GRE, IPPROTO_ICMP,
         IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, NatSeq, Tuple,
-        record_flags as rf, tcp_state,
+        record_flags as rf, sctp_state, tcp_state,
     };
     use proptest::prelude::*;
 
@@ -209,9 +209,12 @@ mod tests {
         if rec.flags & rf::HAS_MARK == 0 {
             r.mark = 0;
         }
-        protoinfo_expect(&mut r, rec, opts, true);
+        protoinfo_expect(&mut r, rec, ext, opts, true);
         labels_expect(&mut r, rec);
         let mut e = ext.copied().unwrap_or_default();
+        if !sctp_protoinfo(rec) {
+            e.sctp_vtag = [0; 2];
+        }
         let name = e.helper_name();
         let mut helper = [0u8; 16];
         let n = name.len().min(15);
@@ -236,10 +239,15 @@ mod tests {
         if rec.flags & rf::HAS_MARK != 0 {
             r.mark = rec.mark;
         }
-        protoinfo_expect(&mut r, rec, opts, false);
+        protoinfo_expect(&mut r, rec, ext, opts, false);
         labels_expect(&mut r, rec);
         let e = CtExt {
             nat_seq: ext.map(|e| e.nat_seq).unwrap_or_default(),
+            sctp_vtag: if sctp_protoinfo(rec) {
+                ext.map(|e| e.sctp_vtag).unwrap_or_default()
+            } else {
+                [0; 2]
+            },
             ..Default::default()
         };
         if !e.is_empty() {
@@ -248,7 +256,19 @@ mod tests {
         (r, e)
     }
 
-    fn protoinfo_expect(r: &mut CtRecord, rec: &CtRecord, opts: EntryOptions, create: bool) {
+    /// Whether `rec` is SCTP with a protocol state: the only case in which
+    /// the verification tags are sent.
+    fn sctp_protoinfo(rec: &CtRecord) -> bool {
+        rec.orig.proto == IPPROTO_SCTP && rec.flags & rf::HAS_PROTOINFO != 0
+    }
+
+    fn protoinfo_expect(
+        r: &mut CtRecord,
+        rec: &CtRecord,
+        ext: Option<&CtExt>,
+        opts: EntryOptions,
+        create: bool,
+    ) {
         (r.proto_state, r.tcp_wscale_orig, r.tcp_wscale_reply) = (0, 0, 0);
         (r.tcp_flags_orig, r.tcp_flags_reply, r.dccp_role) = (0, 0, 0);
         if rec.flags & rf::HAS_PROTOINFO == 0 {
@@ -266,7 +286,9 @@ mod tests {
                 (r.tcp_flags_orig, r.tcp_flags_reply) =
                     (rec.tcp_flags_orig | liberal, rec.tcp_flags_reply | liberal);
             }
-            IPPROTO_SCTP if create => r.proto_state = rec.proto_state,
+            IPPROTO_SCTP if create || ext.is_some_and(|e| e.sctp_vtag != [0; 2]) => {
+                r.proto_state = rec.proto_state
+            }
             IPPROTO_DCCP => (r.proto_state, r.dccp_role) = (rec.proto_state, rec.dccp_role),
             _ => return,
         }
@@ -431,9 +453,11 @@ mod tests {
         let mut sctp = entry(tuple(AF_INET, IPPROTO_SCTP, 1, 2, 3868, 3868));
         sctp.flags |= rf::HAS_PROTOINFO;
         sctp.proto_state = 3; // COOKIE_ECHOED
-        let (got, _) = check_create(&sctp, None, EntryOptions::default());
+        let (got, got_ext) = check_create(&sctp, None, EntryOptions::default());
         assert_eq!(got.proto_state, 3);
-        // Update leaves SCTP state out: the kernel wants vtags with it.
+        assert!(got_ext.is_empty());
+        // Update leaves SCTP state out without tags: the kernel wants both
+        // tags with it, and zeros would overwrite the entry's.
         let (upd, _) = update_and_decode(&sctp, None, EntryOptions::default());
         assert_eq!(upd.flags & rf::HAS_PROTOINFO, 0);
 
@@ -445,6 +469,110 @@ mod tests {
         assert_eq!((got.proto_state, got.dccp_role), (4, dccp_role::SERVER));
         let (upd, _) = update_and_decode(&dccp, None, EntryOptions::default());
         assert_eq!((upd.proto_state, upd.dccp_role), (4, dccp_role::SERVER));
+    }
+
+    /// The `CTA_PROTOINFO_SCTP` nest of an encoded message: its attributes.
+    fn sctp_protoinfo_attrs(msg: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        let (_, info) = top_attrs(msg)
+            .into_iter()
+            .find(|(k, _)| *k == CTA_PROTOINFO)
+            .expect("CTA_PROTOINFO");
+        let kind = u16::from_ne_bytes([info[2], info[3]]) & NLA_TYPE_MASK;
+        assert_eq!(kind, CTA_PROTOINFO_SCTP);
+        let mut out = Vec::new();
+        let mut rest = &info[4..u16::from_ne_bytes([info[0], info[1]]) as usize];
+        while !rest.is_empty() {
+            let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+            let kind = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
+            out.push((kind, rest[4..len].to_vec()));
+            rest = &rest[align4(len).min(rest.len())..];
+        }
+        out
+    }
+
+    #[test]
+    fn sctp_verification_tags_round_trip() {
+        let mut sctp = entry(tuple(AF_INET6, IPPROTO_SCTP, 1, 2, 3868, 3868));
+        sctp.flags |= rf::HAS_PROTOINFO;
+        sctp.proto_state = sctp_state::ESTABLISHED;
+        let ext = CtExt {
+            sctp_vtag: [0x0102_0304, 0xfedc_ba98],
+            ..Default::default()
+        };
+        let (got, got_ext) = check_create(&sctp, Some(&ext), EntryOptions::default());
+        assert_eq!(got.proto_state, sctp_state::ESTABLISHED);
+        assert_eq!(got_ext.sctp_vtag, [0x0102_0304, 0xfedc_ba98]);
+        assert_eq!(got_ext, ext);
+        assert_ne!(
+            got.flags & rf::HAS_EXT,
+            0,
+            "tags make a non-empty extension"
+        );
+
+        // On the wire: state, then both tags big-endian, as the kernel's
+        // nlattr_to_sctp reads them.
+        let mut buf = Vec::new();
+        encode::create(
+            &mut buf,
+            Request::new(1),
+            CreateMode::Exclusive,
+            &sctp,
+            Some(&ext),
+            EntryOptions::default(),
+        );
+        assert_eq!(
+            sctp_protoinfo_attrs(&buf),
+            [
+                (CTA_PROTOINFO_SCTP_STATE, vec![sctp_state::ESTABLISHED]),
+                (CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, vec![1, 2, 3, 4]),
+                (CTA_PROTOINFO_SCTP_VTAG_REPLY, vec![0xfe, 0xdc, 0xba, 0x98]),
+            ]
+        );
+
+        // An update carries state and tags too, once it has a tag; a single
+        // learnt tag goes with a zero for the other direction.
+        let one = CtExt {
+            sctp_vtag: [0, 0x7777_0001],
+            ..Default::default()
+        };
+        for e in [ext, one] {
+            let (upd, upd_ext) = update_and_decode(&sctp, Some(&e), EntryOptions::default());
+            assert_eq!(
+                upd,
+                after_update(&sctp, Some(&e), EntryOptions::default()).0
+            );
+            assert_eq!(upd.proto_state, sctp_state::ESTABLISHED);
+            assert_ne!(upd.flags & rf::HAS_PROTOINFO, 0);
+            assert_eq!(upd_ext.sctp_vtag, e.sctp_vtag);
+        }
+        // Without tags, creates send zeros (the kernel insists on both) and
+        // updates send no SCTP state at all.
+        let mut buf = Vec::new();
+        encode::create(
+            &mut buf,
+            Request::new(1),
+            CreateMode::Exclusive,
+            &sctp,
+            Some(&CtExt::default()),
+            EntryOptions::default(),
+        );
+        assert_eq!(
+            sctp_protoinfo_attrs(&buf)[1..],
+            [
+                (CTA_PROTOINFO_SCTP_VTAG_ORIGINAL, vec![0; 4]),
+                (CTA_PROTOINFO_SCTP_VTAG_REPLY, vec![0; 4]),
+            ]
+        );
+        let (upd, upd_ext) =
+            update_and_decode(&sctp, Some(&CtExt::default()), EntryOptions::default());
+        assert_eq!(upd.flags & rf::HAS_PROTOINFO, 0);
+        assert!(upd_ext.is_empty());
+
+        // Tags of another protocol's extension are never sent.
+        let mut tcp = entry(tuple(AF_INET, IPPROTO_TCP, 1, 2, 40000, 443));
+        tcp.flags |= rf::HAS_PROTOINFO;
+        let (_, tcp_ext) = check_create(&tcp, Some(&ext), EntryOptions::default());
+        assert!(tcp_ext.is_empty());
     }
 
     /// SNAT (masquerade) of 10.0.0.1:40000 -> 10.0.0.2:443 to 10.0.0.99:61000.
@@ -589,6 +717,7 @@ mod tests {
                 NatSeq::default(),
             ],
             helper: *b"ftp\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
         };
         let (got, got_ext) = check_create(&rec, Some(&ext), EntryOptions::default());
         assert_eq!(got.labels, [0x5a; 16]);
@@ -807,7 +936,8 @@ mod tests {
             any::<u8>(),
             0u8..=1,
         );
-        let ext = prop::option::of((any::<[u32; 6]>(), "[a-z0-9-]{0,20}"));
+        let vtags = prop_oneof![Just([0u32; 2]), any::<[u32; 2]>()];
+        let ext = prop::option::of((any::<[u32; 6]>(), "[a-z0-9-]{0,20}", vtags));
         (
             any::<bool>(),
             protos,
@@ -925,7 +1055,7 @@ mod tests {
                             _ => {}
                         }
                     }
-                    let ext = ext.map(|(n, name)| {
+                    let ext = ext.map(|(n, name, sctp_vtag)| {
                         let mut e = CtExt {
                             nat_seq: [
                                 NatSeq {
@@ -939,6 +1069,7 @@ mod tests {
                                     offset_after: n[5],
                                 },
                             ],
+                            sctp_vtag,
                             ..Default::default()
                         };
                         let b = name.as_bytes();
@@ -1060,6 +1191,7 @@ mod tests {
                 offset_after: 3,
             }; 2],
             helper: *b"sip\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            ..Default::default()
         };
         for opts in [
             EntryOptions::default(),
@@ -1087,6 +1219,23 @@ mod tests {
             CreateMode::Exclusive,
             &icmp,
             None,
+            EntryOptions::default(),
+        );
+        samples.push(b);
+        let mut sctp = entry(tuple(AF_INET6, IPPROTO_SCTP, 1, 2, 3868, 3868));
+        sctp.flags |= rf::HAS_PROTOINFO;
+        sctp.proto_state = sctp_state::ESTABLISHED;
+        let tags = CtExt {
+            sctp_vtag: [0x0102_0304, 0xa0b0_c0d0],
+            ..Default::default()
+        };
+        let mut b = Vec::new();
+        encode::create(
+            &mut b,
+            Request::new(1),
+            CreateMode::Exclusive,
+            &sctp,
+            Some(&tags),
             EntryOptions::default(),
         );
         samples.push(b);

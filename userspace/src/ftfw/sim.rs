@@ -223,6 +223,7 @@ impl Kernel {
             e.nat_seq[0].correction_pos = rng.next_u32();
             e.nat_seq[1].offset_after = rng.next_u32() | 1;
             e.helper[..3].copy_from_slice(b"ftp");
+            e.sctp_vtag = [rng.next_u32(), rng.next_u32()];
             e
         });
         Entry { rec, ext }

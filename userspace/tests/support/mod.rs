@@ -107,3 +107,47 @@ pub fn ctgen_on(lab: &xtask::lab::Lab, fw: xtask::lab::Fw, args: &[&str]) {
         .unwrap_or_else(|e| panic!("ctgen {}: {e:#}", args.join(" ")));
     assert!(out.status.success());
 }
+
+/// A firewall's kernel table read through ctnetlink (a dump) and decoded by
+/// ctsync's codec, keyed by original tuple (with zone): the attributes that
+/// `conntrack -L` does not print, such as the SCTP verification tags.
+pub fn fw_ctnetlink_table(
+    lab: &xtask::lab::Lab,
+    fw: xtask::lab::Fw,
+) -> std::collections::HashMap<ctsync_common::Tuple, (ctsync_common::CtRecord, ctsync_common::CtExt)>
+{
+    use ctsync::ctnetlink::{self, Decoded, encode};
+    let dump = || -> Result<_, String> {
+        let sock = ctsync::nlsock::NlSocket::open(0, false).map_err(|e| e.to_string())?;
+        sock.set_recv_buffer(8 << 20).map_err(|e| e.to_string())?;
+        let mut req = Vec::new();
+        encode::dump_request(&mut req, 1);
+        sock.send(&req).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut out = std::collections::HashMap::new();
+        loop {
+            let n = sock.recv(&mut buf).map_err(|e| e.to_string())?;
+            for msg in ctnetlink::messages(&buf[..n]) {
+                let msg = msg.map_err(|e| e.to_string())?;
+                let mut rec = Default::default();
+                let mut ext = Default::default();
+                match ctnetlink::decode(msg, &mut rec, &mut ext).map_err(|e| e.to_string())? {
+                    Decoded::Conntrack { .. } => {
+                        out.insert(rec.orig, (rec, ext));
+                    }
+                    Decoded::Done => return Ok(out),
+                    Decoded::Error { errno } => {
+                        return Err(format!(
+                            "dump failed: {}",
+                            std::io::Error::from_raw_os_error(errno)
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    lab.in_ns(fw, dump)
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .unwrap_or_else(|e| panic!("ctnetlink dump on {fw}: {e}"))
+}
