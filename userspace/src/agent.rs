@@ -30,6 +30,7 @@ use crate::{
     display::EntryView,
     events::{EventSource, EventsError},
     filter::Rules,
+    latency,
     replication::Replication,
     transport::TransportError,
 };
@@ -140,6 +141,9 @@ pub struct Agent {
     writer: Writer,
     /// What the last `notify` did.
     last_notify: Option<serde_json::Value>,
+    /// Durations of commits and of whole `notify` sequences, µs.
+    commit_time: hdrhistogram::Histogram<u64>,
+    notify_time: hdrhistogram::Histogram<u64>,
 }
 
 impl Agent {
@@ -170,11 +174,21 @@ impl Agent {
             repl,
             writer,
             last_notify: None,
+            commit_time: latency::histogram(),
+            notify_time: latency::histogram(),
         })
     }
 
     pub fn cache(&self) -> &Cache {
         &self.cache
+    }
+
+    fn latency(&self) -> serde_json::Value {
+        json!({
+            "ack_rtt": self.repl.as_ref().map(|r| latency::summary(r.ack_rtt())),
+            "commit": latency::summary(&self.commit_time),
+            "notify": latency::summary(&self.notify_time),
+        })
     }
 
     fn stats(&self) -> serde_json::Value {
@@ -266,6 +280,7 @@ impl Agent {
         tracing::debug!(?req, "control request");
         match req {
             Request::Stats => write_line(&mut w, &Reply::ok(self.stats())).await,
+            Request::Latency => write_line(&mut w, &Reply::ok(self.latency())).await,
             Request::Reload => {
                 let r = self.reload();
                 write_line(&mut w, &r.map_or_else(Reply::err, Reply::ok)).await
@@ -340,6 +355,10 @@ impl Agent {
         let result = commit::commit(&mut self.writer, repl.external().iter_remaining(), &opts);
         let resumed = self.source.resume(&mut self.cache);
         let report = result.map_err(|e| format!("commit failed: {e}"))?;
+        latency::record(
+            &mut self.commit_time,
+            std::time::Duration::from_secs_f64(report.ms / 1e3),
+        );
         resumed.map_err(|e| format!("commit done, but the event socket: {e}"))?;
         if report.failed > 0 {
             tracing::warn!(
@@ -404,6 +423,7 @@ impl Agent {
         let t0 = Instant::now();
         let mut steps = Vec::new();
         let outcome = self.notify_steps(state, &mut steps);
+        latency::record(&mut self.notify_time, t0.elapsed());
         let total_ms = t0.elapsed().as_secs_f64() * 1e3;
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

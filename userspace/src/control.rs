@@ -18,6 +18,8 @@ use crate::display::EntryView;
 pub enum Request {
     /// Counters and sizes.
     Stats,
+    /// Latency histograms (summaries with percentiles and buckets).
+    Latency,
     /// Every entry of the internal cache.
     DumpInternal,
     /// Re-read the config file and apply what can change at run time (the filter).

@@ -17,6 +17,7 @@ pub mod display;
 pub mod events;
 pub mod filter;
 pub mod ftfw;
+pub mod latency;
 pub mod nlsock;
 pub mod replication;
 pub mod transport;

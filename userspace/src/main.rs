@@ -58,6 +58,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the latency histograms: sync datagrams' ACK round trip (sent
+    /// to acknowledged by the peer), commit and notify durations.
+    Latency {
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the agent to re-read its config file (same as SIGHUP).
     Reload,
     /// Resynchronise a cache.
@@ -235,6 +241,15 @@ fn main_inner(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Latency { json } => {
+            let (_, reply) = Client::request(&socket_path(&cli), &Request::Latency)?;
+            let data = reply.data.unwrap_or_default();
+            if *json {
+                return print_json(&data);
+            }
+            print!("{}", latency_text(&data));
+            Ok(())
+        }
         Cmd::Reload => {
             let (_, reply) = Client::request(&socket_path(&cli), &Request::Reload)?;
             print_json(&reply.data.unwrap_or_default())
@@ -310,4 +325,49 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ctsync latency` for people: percentiles per histogram, then its
+/// power-of-two buckets as bars.
+fn latency_text(data: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let us = |v: &serde_json::Value| match v.as_u64() {
+        Some(n) if n >= 10_000 => format!("{:.1} ms", n as f64 / 1e3),
+        Some(n) => format!("{n} µs"),
+        None => "-".into(),
+    };
+    for (name, h) in data.as_object().into_iter().flatten() {
+        let count = h["count"].as_u64().unwrap_or(0);
+        if h.is_null() {
+            let _ = writeln!(out, "{name}: no replication configured");
+            continue;
+        }
+        if count == 0 {
+            let _ = writeln!(out, "{name}: no samples yet");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{name}: {count} samples; p50 {}, p90 {}, p99 {}, p99.9 {}, max {}",
+            us(&h["p50_us"]),
+            us(&h["p90_us"]),
+            us(&h["p99_us"]),
+            us(&h["p999_us"]),
+            us(&h["max_us"])
+        );
+        let buckets = h["buckets"].as_array().cloned().unwrap_or_default();
+        let top = buckets
+            .iter()
+            .filter_map(|b| b["count"].as_u64())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        for b in &buckets {
+            let c = b["count"].as_u64().unwrap_or(0);
+            let bar = "#".repeat(((c * 40).div_ceil(top)) as usize);
+            let _ = writeln!(out, "  <= {:>10} {c:>9} {bar}", us(&b["le_us"]));
+        }
+    }
+    out
 }

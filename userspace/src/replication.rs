@@ -291,6 +291,11 @@ impl Replication {
         }
     }
 
+    /// Our data datagrams' round trips: sent → acknowledged by the peer.
+    pub fn ack_rtt(&self) -> &hdrhistogram::Histogram<u64> {
+        self.sender.ack_rtt()
+    }
+
     /// Asks the peer to resend its whole internal cache.
     pub fn request_resync(&mut self, now: Instant) -> u32 {
         self.receiver.request_resync(now)

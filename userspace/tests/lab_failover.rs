@@ -333,6 +333,23 @@ fn commit_writes_the_replicated_table_into_the_backup_kernel() {
     );
     assert_eq!(r["steps"][0]["result"]["failed"], 0, "{r}");
     assert_eq!(fw1.stats().unwrap()["sync"]["external_entries"], 0);
+
+    // The latency histograms saw all of it: fw1's datagrams acknowledged
+    // by fw2, fw2's two commits, fw1's notify (with its commit).
+    let l1 = ctl_json(&fw1, &["latency", "--json"]);
+    let l2 = ctl_json(&fw2, &["latency", "--json"]);
+    let rtt = &l1["ack_rtt"];
+    assert!(rtt["count"].as_u64().unwrap() > 100, "{l1}");
+    let (p50, max) = (
+        rtt["p50_us"].as_u64().unwrap(),
+        rtt["max_us"].as_u64().unwrap(),
+    );
+    assert!(0 < p50 && p50 <= max, "{l1}");
+    assert_eq!(l2["commit"]["count"], 2, "{l2}");
+    assert_eq!(l1["commit"]["count"], 1, "{l1}");
+    assert_eq!(l1["notify"]["count"], 1, "{l1}");
+    let text = fw2.ctl(&["latency"]).unwrap();
+    assert!(text.contains("commit: 2 samples; p50"), "{text}");
 }
 
 fn vrrp_pair(

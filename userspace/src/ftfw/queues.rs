@@ -9,7 +9,7 @@
 //!   not the datagram bytes: a NACK resends current state, not old copies.
 //!   Its size is the send window.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, time::Instant};
 
 use ctsync_common::{CtExt, CtRecord, Tuple};
 use hashbrown::HashMap;
@@ -154,6 +154,8 @@ pub(crate) enum SentItem {
 pub(crate) struct ResendQueue {
     base: u64,
     slots: VecDeque<Option<Vec<SentItem>>>,
+    /// When each datagram in `slots` was sent (for the ACK round trip).
+    sent: VecDeque<Instant>,
     records: usize,
     pool: Vec<Vec<SentItem>>,
 }
@@ -163,6 +165,7 @@ impl ResendQueue {
         ResendQueue {
             base,
             slots: VecDeque::new(),
+            sent: VecDeque::new(),
             records: 0,
             pool: Vec::new(),
         }
@@ -198,19 +201,27 @@ impl ResendQueue {
         }
     }
 
-    /// Records datagram `seq` (always the next one after the last pushed).
-    pub(crate) fn push(&mut self, seq: u64, items: Vec<SentItem>) {
+    /// Records datagram `seq` (always the next one after the last pushed),
+    /// sent at `now`.
+    pub(crate) fn push(&mut self, seq: u64, items: Vec<SentItem>, now: Instant) {
         if self.slots.is_empty() {
             self.base = seq;
         }
         debug_assert_eq!(seq, self.base + self.slots.len() as u64);
         self.records += items.len();
         self.slots.push_back(Some(items));
+        self.sent.push_back(now);
     }
 
-    /// Removes the datagrams in `from..=to` still held and hands their items
-    /// to `f` (then recycles them).
-    pub(crate) fn take_range(&mut self, from: u64, to: u64, mut f: impl FnMut(&SentItem)) -> usize {
+    /// Removes the datagrams in `from..=to` still held, hands their items
+    /// to `f` (then recycles them) and each one's send time to `sent_at`.
+    pub(crate) fn take_range(
+        &mut self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(&SentItem),
+        mut sent_at: impl FnMut(Instant),
+    ) -> usize {
         let end = self.base + self.slots.len() as u64;
         let lo = from.max(self.base);
         let hi = to.saturating_add(1).min(end);
@@ -221,11 +232,13 @@ impl ResendQueue {
                 self.records -= items.len();
                 items.iter().for_each(&mut f);
                 self.recycle(items);
+                sent_at(self.sent[i]);
                 n += 1;
             }
         }
         while let Some(None) = self.slots.front() {
             self.slots.pop_front();
+            self.sent.pop_front();
             self.base += 1;
         }
         n
@@ -239,6 +252,7 @@ impl ResendQueue {
                 self.recycle(v);
             }
         }
+        self.sent.clear();
         self.records = 0;
         n
     }
@@ -302,23 +316,23 @@ mod tests {
         let mut q = ResendQueue::new(100);
         assert_eq!(q.floor(100), 100);
         for seq in 100..110 {
-            q.push(seq, vec![entry(seq as u8), entry(0)]);
+            q.push(seq, vec![entry(seq as u8), entry(0)], Instant::now());
         }
         assert_eq!((q.records(), q.floor(110)), (20, 100));
         let mut seen = 0;
-        assert_eq!(q.take_range(103, 105, |_| seen += 1), 3);
+        assert_eq!(q.take_range(103, 105, |_| seen += 1, |_| ()), 3);
         assert_eq!((seen, q.floor(110)), (6, 100));
-        assert_eq!(q.take_range(0, 101, |_| ()), 2);
+        assert_eq!(q.take_range(0, 101, |_| (), |_| ()), 2);
         assert_eq!(q.floor(110), 102);
-        assert_eq!(q.take_range(102, 102, |_| ()), 1);
+        assert_eq!(q.take_range(102, 102, |_| (), |_| ()), 1);
         assert_eq!(q.floor(110), 106);
         // Out-of-range and repeated ranges are no-ops.
-        assert_eq!(q.take_range(200, 300, |_| ()), 0);
-        assert_eq!(q.take_range(103, 105, |_| ()), 0);
-        assert_eq!(q.take_range(0, u64::MAX, |_| ()), 4);
+        assert_eq!(q.take_range(200, 300, |_| (), |_| ()), 0);
+        assert_eq!(q.take_range(103, 105, |_| (), |_| ()), 0);
+        assert_eq!(q.take_range(0, u64::MAX, |_| (), |_| ()), 4);
         assert!(q.is_empty());
         assert_eq!(q.floor(110), 110);
-        q.push(110, vec![entry(1)]);
+        q.push(110, vec![entry(1)], Instant::now());
         assert_eq!(q.floor(111), 110);
     }
 }

@@ -28,6 +28,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
 use ctsync_common::wire::{self, Encoder, HeaderFields, Kind, Record};
 use ctsync_common::{CtExt, CtRecord};
 
@@ -222,6 +224,8 @@ pub struct Sender {
     bulk_turn: bool,
     events: VecDeque<SenderEvent>,
     stats: SenderStats,
+    /// Data datagram sent → its ACK received, µs (resent ones excluded).
+    ack_rtt: Histogram<u64>,
 }
 
 impl Sender {
@@ -247,6 +251,7 @@ impl Sender {
             bulk_turn: false,
             events: VecDeque::new(),
             stats: SenderStats::default(),
+            ack_rtt: crate::latency::histogram(),
             cfg,
         }
     }
@@ -277,6 +282,11 @@ impl Sender {
 
     pub fn is_connected(&self) -> bool {
         self.state == State::Connected
+    }
+
+    /// Round trips of data datagrams: sent → acknowledged, in µs.
+    pub fn ack_rtt(&self) -> &Histogram<u64> {
+        &self.ack_rtt
     }
 
     pub fn stats(&self) -> &SenderStats {
@@ -452,7 +462,7 @@ impl Sender {
                 let known = peer.epoch;
                 for r in d.records() {
                     match r {
-                        Record::Ack { from, to } => self.on_ack(from, to),
+                        Record::Ack { from, to } => self.on_ack(now, from, to),
                         Record::Nack { from, to } => self.on_nack(from, to),
                         Record::HelloRequest { session, epoch, .. }
                             if (session == self.session || session == 0) && epoch > known =>
@@ -519,7 +529,7 @@ impl Sender {
                 self.control(buf, Record::Hello { incarnation })?
             }
             State::Connected => {
-                if let Some(n) = self.data(buf, lookup) {
+                if let Some(n) = self.data(now, buf, lookup) {
                     n
                 } else if self.alive_due {
                     self.stats.alives_sent += 1;
@@ -647,20 +657,26 @@ impl Sender {
         self.begin_bulk(BulkReason::PeerRequest, request);
     }
 
-    fn on_ack(&mut self, from: u32, to: u32) {
+    fn on_ack(&mut self, now: Instant, from: u32, to: u32) {
         self.stats.acks_received += 1;
         let (from, to) = (
             expand_seq(from, self.next_seq),
             expand_seq(to, self.next_seq),
         );
         let bulk = &mut self.bulk;
-        self.resend.take_range(from, to, |it| {
-            if let SentItem::Entry { bulk: true, .. } = it
-                && let Some(b) = bulk.as_mut()
-            {
-                b.unacked = b.unacked.saturating_sub(1);
-            }
-        });
+        let rtt = &mut self.ack_rtt;
+        self.resend.take_range(
+            from,
+            to,
+            |it| {
+                if let SentItem::Entry { bulk: true, .. } = it
+                    && let Some(b) = bulk.as_mut()
+                {
+                    b.unacked = b.unacked.saturating_sub(1);
+                }
+            },
+            |sent| crate::latency::record(rtt, now.saturating_duration_since(sent)),
+        );
     }
 
     fn on_nack(&mut self, from: u32, to: u32) {
@@ -677,7 +693,8 @@ impl Sender {
             self.alive_due = true;
         }
         let mut items = Vec::new();
-        self.resend.take_range(from, to, |it| items.push(*it));
+        self.resend
+            .take_range(from, to, |it| items.push(*it), |_| ());
         self.stats.retransmits += items.len() as u64;
         // Requeue in reverse so that the front of the queue keeps the
         // original order.
@@ -706,7 +723,7 @@ impl Sender {
     }
 
     /// Builds a data datagram, if there is anything to send and room for it.
-    fn data(&mut self, buf: &mut [u8], lookup: &dyn StateLookup) -> Option<usize> {
+    fn data(&mut self, now: Instant, buf: &mut [u8], lookup: &dyn StateLookup) -> Option<usize> {
         self.maybe_finish_bulk();
         if !self.window_open() {
             return None;
@@ -746,7 +763,7 @@ impl Sender {
         let seq = self.next_seq;
         let records = items.len() as u64;
         let n = enc.finish(self.header(seq, flags));
-        self.resend.push(seq, items);
+        self.resend.push(seq, items, now);
         self.next_seq += 1;
         self.stats.data_datagrams += 1;
         self.stats.records_sent += records;

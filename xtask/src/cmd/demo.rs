@@ -196,7 +196,7 @@ pub fn run(args: Args) -> Result<()> {
         rx["nacks_sent"],
         s1["sync"]["links"][0]["interface"]
     );
-    print_latency(&s1, &s2);
+    print_latency(&agent)?;
 
     step(
         8,
@@ -263,5 +263,13 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The replication latency histograms both agents keep.
-fn print_latency(_s1: &serde_json::Value, _s2: &serde_json::Value) {}
+/// fw1's replication round trips (`ctsync latency`): data datagram sent
+/// to its ACK from fw2.
+fn print_latency(agent: &AgentProcess) -> Result<()> {
+    let out = agent.ctl(&["latency"])?;
+    println!("      replication latency on fw1 (ctsync latency):");
+    for line in out.lines().take_while(|l| !l.starts_with("commit")) {
+        println!("        {line}");
+    }
+    Ok(())
+}
