@@ -109,6 +109,13 @@ fn events(lab: &Lab, args: &Args) -> Result<()> {
             s1["sync"]["sender"]["retransmits"],
             s2["sync"]["external_entries"]
         );
+        let l: serde_json::Value = serde_json::from_str(&fw1.ctl(&["latency", "--json"])?)?;
+        let rtt = &l["ack_rtt"];
+        println!(
+            "ctsync:     sync datagram sent -> acknowledged by fw2 (upper bound of the time to \
+             reach the backup), µs: p50 {}, p99 {}, p99.9 {}, max {} over {} datagrams",
+            rtt["p50_us"], rtt["p99_us"], rtt["p999_us"], rtt["max_us"], rtt["count"]
+        );
         r
     };
     let conntrackd = {
