@@ -12,40 +12,21 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::{ctsync_bin, stats, workspace_bin};
+use support::{agent_pair, fw_table, stats, workspace_bin};
 use xtask::{
-    agent::{AgentProcess, sync_config},
-    ctcompare::{self, Entry},
+    agent::AgentProcess,
     lab::{Fw, Lab, LabOptions, Node},
     traffic::{Load, Traffic},
 };
 
 const PORT: u16 = 3780;
 
-fn pair(lab: &Lab, name: &str) -> (AgentProcess, AgentProcess) {
-    let start = |fw: Fw| {
-        AgentProcess::start(
-            lab,
-            fw.node(),
-            &ctsync_bin(),
-            &format!("{}-{name}-{fw}", lab.prefix()),
-            &sync_config(fw),
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"))
-    };
-    (start(Fw::Fw1), start(Fw::Fw2))
-}
-
-/// fw1's table without the replication traffic itself (the agents ignore
-/// their sync links' addresses).
-fn fw1_table(lab: &Lab) -> Vec<Entry> {
-    ctcompare::without_sync_links(ctcompare::kernel_table(Some(lab.ns(Node::Fw1))).unwrap())
-}
-
 /// fw2's external cache equals fw1's kernel table within `secs`.
 fn assert_replicated(lab: &Lab, fw2: &AgentProcess, secs: u64) -> usize {
-    fw2.wait_cache_equals("external", Duration::from_secs(secs), || Ok(fw1_table(lab)))
-        .unwrap_or_else(|e| panic!("{e:#}"))
+    fw2.wait_cache_equals("external", Duration::from_secs(secs), || {
+        Ok(fw_table(lab, Fw::Fw1))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn ctgen(lab: &Lab, args: &[&str]) -> std::process::Child {
@@ -64,7 +45,7 @@ fn nft(lab: &Lab, node: Node, ruleset: &str) {
 #[test]
 fn fw2_external_cache_equals_fw1_table_after_100k_bulk_and_live_traffic() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (fw1, fw2) = pair(&lab, "bulk");
+    let (fw1, fw2) = agent_pair(&lab, "bulk", "");
     let traffic = Traffic::start(
         &lab,
         &workspace_bin("ctsync-traffic"),
@@ -161,7 +142,7 @@ fn survives_loss_duplication_and_corruption(name: &str, loss: u32) {
              udp dport {PORT} numgen random mod 100 < 10 dup to 10.9.1.2 device sync0\n }}\n}}\n"
         ),
     );
-    let (fw1, fw2) = pair(&lab, name);
+    let (fw1, fw2) = agent_pair(&lab, name, "");
     let (s1, s2) = create_20k_delete_5k(&lab, &fw1, &fw2);
     let send = &s1["sync"]["sender"];
     let recv = &s2["sync"]["receiver"];
@@ -243,7 +224,7 @@ fn replication_survives_reordering_on_the_sync_link() {
             ),
         );
     }
-    let (fw1, fw2) = pair(&lab, "reorder");
+    let (fw1, fw2) = agent_pair(&lab, "reorder", "");
     let (_, s2) = create_20k_delete_5k(&lab, &fw1, &fw2);
     // The test is void unless datagrams really overtook each other.
     let recv = &s2["sync"]["receiver"];
@@ -266,7 +247,7 @@ fn replication_survives_reordering_on_the_sync_link() {
 #[test]
 fn agents_crash_and_restart_mid_stream_and_converge() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (mut fw1, mut fw2) = pair(&lab, "restart");
+    let (mut fw1, mut fw2) = agent_pair(&lab, "restart", "");
     // Each round NATs to its own address, so reply tuples never clash.
     let make = |base: &str, nat_to: &str| {
         let args = [
@@ -319,7 +300,7 @@ fn agents_crash_and_restart_mid_stream_and_converge() {
 #[test]
 fn active_link_down_mid_stream_moves_to_the_second_link_without_loss() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (fw1, fw2) = pair(&lab, "link");
+    let (fw1, fw2) = agent_pair(&lab, "link", "");
     let mut load = ctgen(
         &lab,
         &[
@@ -340,7 +321,7 @@ fn active_link_down_mid_stream_moves_to_the_second_link_without_loss() {
 #[test]
 fn garbage_and_strangers_on_the_sync_port_are_dropped_and_counted() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (_fw1, fw2) = pair(&lab, "garbage");
+    let (_fw1, fw2) = agent_pair(&lab, "garbage", "");
     lab.exec(
         Node::Fw1,
         &["ip", "addr", "add", "10.9.1.9/24", "dev", "sync0"],
@@ -404,7 +385,7 @@ fn garbage_and_strangers_on_the_sync_port_are_dropped_and_counted() {
 #[test]
 fn external_entries_expire_by_their_timeout_once_the_peer_is_silent() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (mut fw1, fw2) = pair(&lab, "expiry");
+    let (mut fw1, fw2) = agent_pair(&lab, "expiry", "");
     for (base, timeout) in [("10.70.0.0", "6"), ("10.71.0.0", "1200")] {
         let args = [
             "--count",
