@@ -252,9 +252,11 @@ mod tests {
     fn expire_removes_timed_out_entries_and_old_tombstones() {
         let mut t = ExternalTable::new();
         let st = Stamp { session: 1, seq: 1 };
-        let mut a = CtRecord::default();
-        a.timeout = 10;
-        a.version = 1;
+        let a = CtRecord {
+            timeout: 10,
+            version: 1,
+            ..Default::default()
+        };
         let mut b = a;
         b.orig.src[0] = 2;
         b.timeout = 100;

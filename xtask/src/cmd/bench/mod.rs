@@ -80,7 +80,7 @@ fn events(lab: &Lab, args: &Args) -> Result<()> {
     let ctsync = {
         let start = |fw: Fw| {
             AgentProcess::start(
-                &lab,
+                lab,
                 fw.node(),
                 &build::bin("ctsync"),
                 &format!("bench-{}-{fw}", lab.prefix()),
@@ -88,12 +88,9 @@ fn events(lab: &Lab, args: &Args) -> Result<()> {
             )
         };
         let (fw1, fw2) = (start(Fw::Fw1)?, start(Fw::Fw2)?);
-        let r = measure(
-            &lab,
-            &[fw1.child.id(), fw2.child.id()],
-            args.entries,
-            || Ok(fw2.dump("external")?.len()),
-        )?;
+        let r = measure(lab, &[fw1.child.id(), fw2.child.id()], args.entries, || {
+            Ok(fw2.dump("external")?.len())
+        })?;
         let (s1, s2) = (fw1.stats()?, fw2.stats()?);
         println!(
             "ctsync:     primary {:.2} µs/event, backup {:.2} µs/event over {} events ({:.0}/s offered); \
@@ -125,7 +122,7 @@ fn events(lab: &Lab, args: &Args) -> Result<()> {
             let c1 = Conntrackd::start(lab, Fw::Fw1, &dir)?;
             let c2 = Conntrackd::start(lab, Fw::Fw2, &dir)?;
             measure(lab, &[c1.pid(), c2.pid()], args.entries, || {
-                c2.external_entries(&lab)
+                c2.external_entries(lab)
             })
         })();
         let _ = std::fs::remove_dir_all(&dir);
