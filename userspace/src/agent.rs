@@ -185,6 +185,7 @@ impl Agent {
 
     fn latency(&self) -> serde_json::Value {
         json!({
+            "event_to_send": self.repl.as_ref().map(|r| latency::summary(r.event_to_send())),
             "ack_rtt": self.repl.as_ref().map(|r| latency::summary(r.ack_rtt())),
             "commit": latency::summary(&self.commit_time),
             "notify": latency::summary(&self.notify_time),
@@ -496,7 +497,13 @@ impl Agent {
     /// replication, drops them so that tombstones don't pile up.
     fn after_input(&mut self) {
         match &mut self.repl {
-            Some(r) => r.flush(Instant::now(), &mut self.cache),
+            Some(r) => {
+                // Whatever the input queued (events, a resync) entered the
+                // queue just now.
+                let now = Instant::now();
+                r.note_read(&self.cache, now);
+                r.flush(now, &mut self.cache);
+            }
             None => {
                 self.cache.drain_changes(usize::MAX, |_| {});
             }

@@ -69,6 +69,10 @@ pub struct Cache {
     /// Tombstones waiting in the queue, by key (the newest per key).
     graves: HashMap<Tuple, u32>,
     queue: std::collections::VecDeque<u32>,
+    /// Changes ever queued and ever handed out (or dropped by `clear`):
+    /// positions in the queue's history, for latency bookkeeping.
+    queued_total: u64,
+    drained_total: u64,
     live: usize,
     next_version: u64,
 }
@@ -90,6 +94,8 @@ impl Cache {
             ext: HashMap::new(),
             graves: HashMap::new(),
             queue: Default::default(),
+            queued_total: 0,
+            drained_total: 0,
             live: 0,
             next_version: 1,
         }
@@ -107,6 +113,12 @@ impl Cache {
     /// Changes waiting for the sender.
     pub fn pending(&self) -> usize {
         self.queue.len()
+    }
+
+    /// (changes ever queued, changes ever drained): the queue is FIFO, so a
+    /// change queued as number `q` is drained once the second reaches `q`.
+    pub fn queue_totals(&self) -> (u64, u64) {
+        (self.queued_total, self.drained_total)
     }
 
     /// Heap bytes held: records, slot states, free list, index, queue, extensions.
@@ -156,6 +168,7 @@ impl Cache {
         if *st & slot::QUEUED == 0 {
             *st |= slot::QUEUED;
             self.queue.push_back(s);
+            self.queued_total += 1;
         }
     }
 
@@ -257,6 +270,7 @@ impl Cache {
             let Some(s) = self.queue.pop_front() else {
                 break;
             };
+            self.drained_total += 1;
             let st = self.states[s as usize];
             if st & slot::TOMBSTONE != 0 {
                 let r = self.rec(s);
@@ -315,6 +329,8 @@ impl Cache {
     pub fn clear(&mut self) {
         *self = Cache {
             next_version: self.next_version,
+            queued_total: self.queued_total,
+            drained_total: self.queued_total,
             ..Cache::new()
         };
     }

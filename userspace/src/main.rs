@@ -58,8 +58,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print the latency histograms: sync datagrams' ACK round trip (sent
-    /// to acknowledged by the peer), commit and notify durations.
+    /// Print the latency histograms: change read from the kernel to sent
+    /// in a sync datagram (event_to_send), sync datagram sent to
+    /// acknowledged by the peer (ack_rtt), commit and notify durations.
     Latency {
         #[arg(long)]
         json: bool,

@@ -73,6 +73,8 @@ pub struct Replication {
     started: Instant,
     last_tick: u32,
     pub stats: ReplicationStats,
+    /// Change read from the kernel → handed to the sender (and sent).
+    event_to_send: crate::latency::QueueDelay,
 }
 
 /// This node's id: configured, or the low bits of the first link's address.
@@ -142,6 +144,7 @@ impl Replication {
             started: now,
             last_tick: 0,
             stats: ReplicationStats::default(),
+            event_to_send: Default::default(),
         })
     }
 
@@ -239,6 +242,10 @@ impl Replication {
                 break;
             }
         }
+        // What the feed drained was sent above (it drains only up to the
+        // window's credit).
+        self.event_to_send
+            .settle(cache.queue_totals().1, Instant::now());
     }
 
     fn on_receiver_event(&mut self, ev: ReceiverEvent) {
@@ -289,6 +296,16 @@ impl Replication {
             }
             ev => tracing::info!(?ev, "sync"),
         }
+    }
+
+    /// The cache's queue took the changes read from the kernel at `at`.
+    pub fn note_read(&mut self, cache: &Cache, at: Instant) {
+        self.event_to_send.note(cache.queue_totals().0, at);
+    }
+
+    /// Changes read from the kernel → in a datagram on the wire, µs.
+    pub fn event_to_send(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.event_to_send.histogram
     }
 
     /// Our data datagrams' round trips: sent → acknowledged by the peer.

@@ -345,6 +345,9 @@ fn commit_writes_the_replicated_table_into_the_backup_kernel() {
         rtt["max_us"].as_u64().unwrap(),
     );
     assert!(0 < p50 && p50 <= max, "{l1}");
+    // Every change ctgen caused on fw1 went out: at least one sample each.
+    let ev = &l1["event_to_send"];
+    assert!(ev["count"].as_u64().unwrap() >= 40_000, "{l1}");
     assert_eq!(l2["commit"]["count"], 2, "{l2}");
     assert_eq!(l1["commit"]["count"], 1, "{l1}");
     assert_eq!(l1["notify"]["count"], 1, "{l1}");

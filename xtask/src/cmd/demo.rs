@@ -263,13 +263,19 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// fw1's replication round trips (`ctsync latency`): data datagram sent
-/// to its ACK from fw2.
+/// fw1's replication latency (`ctsync latency`): change read from the
+/// kernel to sent, and data datagram sent to its ACK from fw2.
 fn print_latency(agent: &AgentProcess) -> Result<()> {
     let out = agent.ctl(&["latency"])?;
     println!("      replication latency on fw1 (ctsync latency):");
-    for line in out.lines().take_while(|l| !l.starts_with("commit")) {
-        println!("        {line}");
+    let mut show = false;
+    for line in out.lines() {
+        if !line.starts_with(' ') {
+            show = line.starts_with("ack_rtt") || line.starts_with("event_to_send");
+        }
+        if show {
+            println!("        {line}");
+        }
     }
     Ok(())
 }
