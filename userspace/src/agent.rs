@@ -49,6 +49,13 @@ pub enum AgentError {
     SocketInUse { path: PathBuf },
     #[error("cannot create control socket {path}: {source}")]
     Socket { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot serve metrics on {addr} (general.metrics_listen): {source}; pick a free local address and port, or remove the key"
+    )]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(transparent)]
@@ -493,6 +500,32 @@ impl Agent {
         Ok(())
     }
 
+    /// One HTTP exchange on the metrics address: the request head (at most
+    /// 8 KiB, within a second), then the exposition, then close.
+    async fn serve_metrics(&self, mut stream: tokio::net::TcpStream) -> io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        let read = async {
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            Ok::<_, io::Error>(())
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(1), read)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head too slow"))??;
+        let answer = crate::metrics::http_response(&String::from_utf8_lossy(&head), || {
+            crate::metrics::render(&self.stats(), &self.latency())
+        });
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    }
+
     /// Hands queued changes to the sender and sends what is due; without
     /// replication, drops them so that tombstones don't pile up.
     fn after_input(&mut self) {
@@ -535,6 +568,16 @@ impl Agent {
                 links.push(fd);
             }
         }
+        let metrics = match self.config.general.metrics_listen {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AgentError::Metrics { addr, source })?;
+                tracing::info!(%addr, "serving Prometheus metrics at GET /metrics");
+                Some(l)
+            }
+            None => None,
+        };
         let mut link_check = tokio::time::interval(LINK_CHECK);
         tracing::info!(
             entries = self.cache.len(),
@@ -589,6 +632,13 @@ impl Agent {
                         tracing::debug!("control connection: {e}");
                     }
                     self.after_input();
+                }
+                conn = async { metrics.as_ref().expect("guarded").accept().await }, if metrics.is_some() => {
+                    if let Ok((stream, _)) = conn
+                        && let Err(e) = self.serve_metrics(stream).await
+                    {
+                        tracing::debug!("metrics connection: {e}");
+                    }
                 }
                 _ = hup.recv() => {
                     if let Err(e) = self.reload() {

@@ -33,6 +33,10 @@ pub struct General {
     pub control_socket: PathBuf,
     /// tracing filter (`RUST_LOG` syntax) when `RUST_LOG` is not set.
     pub log_level: String,
+    /// Serve Prometheus metrics over HTTP at this address (`GET /metrics`);
+    /// off when not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for General {
@@ -40,6 +44,7 @@ impl Default for General {
         General {
             control_socket: DEFAULT_CONTROL_SOCKET.into(),
             log_level: "info".into(),
+            metrics_listen: None,
         }
     }
 }
@@ -579,6 +584,24 @@ mod tests {
     fn example_config_parses_and_matches_defaults_where_it_says_so() {
         let text = include_str!("../../examples/ctsync.toml");
         parse(text).unwrap();
+    }
+
+    #[test]
+    fn bad_metrics_address_is_named_with_its_line() {
+        let err = parse("[general]\nmetrics_listen = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics_listen")
+                && err.contains("line 2")
+                && err.contains("socket address"),
+            "{err}"
+        );
+        let c = parse("[general]\nmetrics_listen = \"127.0.0.1:9780\"\n").unwrap();
+        assert_eq!(
+            c.general.metrics_listen,
+            Some("127.0.0.1:9780".parse().unwrap())
+        );
     }
 
     #[test]

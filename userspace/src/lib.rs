@@ -18,6 +18,7 @@ pub mod events;
 pub mod filter;
 pub mod ftfw;
 pub mod latency;
+pub mod metrics;
 pub mod nlsock;
 pub mod replication;
 pub mod transport;

@@ -25,6 +25,7 @@ pub const APT_PACKAGES: &[(&str, &str)] = &[
     ("conntrackd", "bench: the baseline"),
     ("keepalived", "tests: VRRP failover"),
     ("iputils-ping", "tests: ping"),
+    ("curl", "tests: scrape the metrics endpoint"),
     ("procps", "tests: ps, pgrep"),
     (
         "linux-libc-dev",
