@@ -151,6 +151,8 @@ pub struct Agent {
     /// Durations of commits and of whole `notify` sequences, µs.
     commit_time: hdrhistogram::Histogram<u64>,
     notify_time: hdrhistogram::Histogram<u64>,
+    /// Per step of `notify` (commit, resync_kernel, purge, ...).
+    notify_step_time: std::collections::BTreeMap<String, hdrhistogram::Histogram<u64>>,
 }
 
 impl Agent {
@@ -183,6 +185,7 @@ impl Agent {
             last_notify: None,
             commit_time: latency::histogram(),
             notify_time: latency::histogram(),
+            notify_step_time: Default::default(),
         })
     }
 
@@ -191,12 +194,16 @@ impl Agent {
     }
 
     fn latency(&self) -> serde_json::Value {
-        json!({
+        let mut v = json!({
             "event_to_send": self.repl.as_ref().map(|r| latency::summary(r.event_to_send())),
             "ack_rtt": self.repl.as_ref().map(|r| latency::summary(r.ack_rtt())),
             "commit": latency::summary(&self.commit_time),
             "notify": latency::summary(&self.notify_time),
-        })
+        });
+        for (step, h) in &self.notify_step_time {
+            v[format!("notify_step_{step}")] = latency::summary(h);
+        }
+        v
     }
 
     fn stats(&self) -> serde_json::Value {
@@ -432,6 +439,15 @@ impl Agent {
         let mut steps = Vec::new();
         let outcome = self.notify_steps(state, &mut steps);
         latency::record(&mut self.notify_time, t0.elapsed());
+        for s in &steps {
+            if let (Some(name), Some(ms)) = (s["step"].as_str(), s["ms"].as_f64()) {
+                let h = self
+                    .notify_step_time
+                    .entry(name.to_owned())
+                    .or_insert_with(latency::histogram);
+                latency::record(h, std::time::Duration::from_secs_f64(ms / 1e3));
+            }
+        }
         let total_ms = t0.elapsed().as_secs_f64() * 1e3;
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -351,6 +351,9 @@ fn commit_writes_the_replicated_table_into_the_backup_kernel() {
     assert_eq!(l2["commit"]["count"], 2, "{l2}");
     assert_eq!(l1["commit"]["count"], 1, "{l1}");
     assert_eq!(l1["notify"]["count"], 1, "{l1}");
+    for step in ["commit", "resync_kernel", "flush_external", "bulk_send"] {
+        assert_eq!(l1[format!("notify_step_{step}")]["count"], 1, "{l1}");
+    }
     let text = fw2.ctl(&["latency"]).unwrap();
     assert!(text.contains("commit: 2 samples; p50"), "{text}");
 }
