@@ -96,7 +96,7 @@ fn wait_for(what: &str, n: u64, secs: u64, mut count: impl FnMut() -> Result<u64
     }
 }
 
-pub fn run(lab: &Lab, n: u32) -> Result<()> {
+pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
     println!(
         "\n== commit: {n} replicated entries (IPv4, TCP/UDP mixed, SNAT) written into fw2's empty table =="
     );
@@ -234,6 +234,21 @@ pub fn run(lab: &Lab, n: u32) -> Result<()> {
          and {:.2}x conntrackd's (lower is better)",
         ctsync.as_secs_f64() / bare.as_secs_f64(),
         ctsync.as_secs_f64() / conntrackd.as_secs_f64()
+    );
+    report.row(
+        &format!("commit of {n} replicated entries"),
+        format!("{:.2} s", ctsync.as_secs_f64()),
+        format!("{:.2} s", conntrackd.as_secs_f64()),
+        format!("{:.2}x", ctsync.as_secs_f64() / conntrackd.as_secs_f64()),
+    );
+    report.row(
+        &format!("commit of {n} vs the ctnetlink create ceiling"),
+        format!("{:.2} s", ctsync.as_secs_f64()),
+        format!("ceiling {:.2} s (ctgen, no listener)", bare.as_secs_f64()),
+        format!(
+            "{:.2}x (target 1.10x)",
+            ctsync.as_secs_f64() / bare.as_secs_f64()
+        ),
     );
     Ok(())
 }
