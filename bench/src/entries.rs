@@ -172,15 +172,22 @@ impl Spec {
 pub type Errors = BTreeMap<i32, u64>;
 
 /// Creates (or deletes) entries `0..count` of `spec` through `sock`, `batch`
-/// messages per sendmsg with an ACK requested on the last of each.
+/// messages per sendmsg with an ACK requested on the last of each; at most
+/// `rate` entries per second when it is not 0 (batches then hold at most a
+/// millisecond's worth, so the load is smooth).
 pub fn write(
     sock: &NlSocket,
     spec: &Spec,
     count: u32,
     batch: usize,
     delete: bool,
+    rate: u32,
 ) -> anyhow::Result<Errors> {
-    let batch = batch.max(1) as u32;
+    let mut batch = batch.max(1) as u32;
+    if rate > 0 {
+        batch = batch.min((rate / 1000).max(1));
+    }
+    let t0 = std::time::Instant::now();
     let mut buf = Vec::with_capacity(batch as usize * 256);
     let mut rbuf = vec![0u8; 1 << 20];
     let mut errors = Errors::new();
@@ -226,6 +233,12 @@ pub fn write(
             }
         }
         i += n;
+        if rate > 0 {
+            let due = t0 + std::time::Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     Ok(errors)
 }

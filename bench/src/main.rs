@@ -92,7 +92,7 @@ fn capture(n: u32) -> anyhow::Result<Vec<Vec<u8>>> {
             mark: 0,
         };
         // The event socket's buffer (1 GiB) holds every event until read.
-        let errors = entries::write(&writer, &spec, half, 256, false)?;
+        let errors = entries::write(&writer, &spec, half, 256, false, 0)?;
         if !errors.is_empty() {
             bail!("creating entries failed: {errors:?}");
         }

@@ -23,6 +23,9 @@ struct Args {
     /// Messages per sendmsg (an ACK is requested on the last of each).
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// At most this many entries per second (0: as fast as the kernel takes them).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
     /// Delete the entries instead of creating them.
     #[arg(long)]
     delete: bool,
@@ -49,7 +52,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     sock.set_recv_buffer(8 << 20)
         .context("setting the receive buffer")?;
     let t0 = Instant::now();
-    let errors = entries::write(&sock, &args.spec, args.count, args.batch, args.delete)?;
+    let errors = entries::write(
+        &sock,
+        &args.spec,
+        args.count,
+        args.batch,
+        args.delete,
+        args.rate,
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     let failed: u64 = errors.values().sum();
     println!(

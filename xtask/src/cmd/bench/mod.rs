@@ -8,6 +8,7 @@
 //!   /proc/PID/stat and reported as a ratio.
 
 mod commit;
+mod latency;
 mod report;
 
 use report::Report;
@@ -48,6 +49,8 @@ enum Part {
     Decode,
     /// CPU per replicated event, both daemons.
     Events,
+    /// ctsync's replication latency at set rates.
+    Latency,
     /// Commit of a replicated table, both daemons, against the kernel's ceiling.
     Commit,
 }
@@ -66,10 +69,18 @@ pub fn run(args: Args) -> Result<()> {
     if part(Part::Decode) {
         decode()?;
     }
-    if part(Part::Events) || part(Part::Commit) {
+    if part(Part::Events) || part(Part::Latency) || part(Part::Commit) {
         let lab = Lab::up(LabOptions::default())?;
         if part(Part::Events) {
             events(&lab, entries, &mut report)?;
+        }
+        if part(Part::Latency) {
+            let rates: &[u32] = if args.quick {
+                &[10_000, 50_000]
+            } else {
+                &[10_000, 50_000, 100_000]
+            };
+            latency::run(&lab, rates, &mut report)?;
         }
         if part(Part::Commit) {
             commit::run(&lab, commit_entries, &mut report)?;
