@@ -10,6 +10,7 @@
 mod commit;
 mod latency;
 mod report;
+mod zeroloss;
 
 use report::Report;
 
@@ -51,6 +52,8 @@ enum Part {
     Events,
     /// ctsync's replication latency at set rates.
     Latency,
+    /// The highest create rate both daemons replicate without loss.
+    Zeroloss,
     /// Commit of a replicated table, both daemons, against the kernel's ceiling.
     Commit,
 }
@@ -69,7 +72,10 @@ pub fn run(args: Args) -> Result<()> {
     if part(Part::Decode) {
         decode()?;
     }
-    if part(Part::Events) || part(Part::Latency) || part(Part::Commit) {
+    if [Part::Events, Part::Latency, Part::Zeroloss, Part::Commit]
+        .into_iter()
+        .any(part)
+    {
         let lab = Lab::up(LabOptions::default())?;
         if part(Part::Events) {
             events(&lab, entries, &mut report)?;
@@ -81,6 +87,15 @@ pub fn run(args: Args) -> Result<()> {
                 &[10_000, 50_000, 100_000]
             };
             latency::run(&lab, rates, &mut report)?;
+        }
+        if part(Part::Zeroloss) {
+            // 0: unpaced, as fast as ctgen gets the kernel to create.
+            let rates: &[u32] = if args.quick {
+                &[100_000, 0]
+            } else {
+                &[50_000, 100_000, 150_000, 0]
+            };
+            zeroloss::run(&lab, rates, &mut report)?;
         }
         if part(Part::Commit) {
             commit::run(&lab, commit_entries, &mut report)?;
