@@ -75,6 +75,11 @@ pub struct Replication {
     pub stats: ReplicationStats,
     /// Change read from the kernel → handed to the sender (and sent).
     event_to_send: crate::latency::QueueDelay,
+    /// Sync datagrams read → handled (data records applied to the external
+    /// cache, control answered), per read batch.
+    receive_to_apply: hdrhistogram::Histogram<u64>,
+    /// When the datagrams whose records are not applied yet were read.
+    received_at: Option<Instant>,
 }
 
 /// This node's id: configured, or the low bits of the first link's address.
@@ -145,6 +150,8 @@ impl Replication {
             last_tick: 0,
             stats: ReplicationStats::default(),
             event_to_send: Default::default(),
+            receive_to_apply: crate::latency::histogram(),
+            received_at: None,
         })
     }
 
@@ -176,6 +183,7 @@ impl Replication {
     /// it is for: data and sender control to our receiver, receiver control
     /// to our sender.
     pub fn receive(&mut self, now: Instant) {
+        self.received_at.get_or_insert(now);
         while let Some((_, _, len)) = self.transport.recv(&mut self.rx) {
             let bytes = &self.rx[..len];
             let kind = wire::check_header(bytes)
@@ -242,6 +250,9 @@ impl Replication {
                 break;
             }
         }
+        if let Some(at) = self.received_at.take() {
+            crate::latency::record(&mut self.receive_to_apply, at.elapsed());
+        }
         // What the feed drained was sent above (it drains only up to the
         // window's credit).
         self.event_to_send
@@ -306,6 +317,11 @@ impl Replication {
     /// Changes read from the kernel → in a datagram on the wire, µs.
     pub fn event_to_send(&self) -> &hdrhistogram::Histogram<u64> {
         &self.event_to_send.histogram
+    }
+
+    /// The peer's datagrams read → their records in the external cache, µs.
+    pub fn receive_to_apply(&self) -> &hdrhistogram::Histogram<u64> {
+        &self.receive_to_apply
     }
 
     /// Our data datagrams' round trips: sent → acknowledged by the peer.

@@ -354,6 +354,11 @@ fn commit_writes_the_replicated_table_into_the_backup_kernel() {
     let ev = &l1["event_to_send"];
     assert!(ev["count"].as_u64().unwrap() >= 40_000, "{l1}");
     assert_eq!(l2["commit"]["count"], 2, "{l2}");
+    // fw2 applied fw1's datagrams as they came.
+    assert!(
+        l2["receive_to_apply"]["count"].as_u64().unwrap() > 0,
+        "{l2}"
+    );
     assert_eq!(l1["commit"]["count"], 2, "{l1}");
     assert_eq!(l1["notify"]["count"], 2, "{l1}");
     for step in ["commit", "resync_kernel", "flush_external", "bulk_send"] {
