@@ -439,7 +439,8 @@ impl Agent {
         let t0 = Instant::now();
         let mut steps = Vec::new();
         let outcome = self.notify_steps(state, &mut steps);
-        latency::record(&mut self.notify_time, t0.elapsed());
+        let total = t0.elapsed();
+        latency::record(&mut self.notify_time, total);
         for s in &steps {
             if let (Some(name), Some(ms)) = (s["step"].as_str(), s["ms"].as_f64()) {
                 let h = self
@@ -449,7 +450,7 @@ impl Agent {
                 latency::record(h, std::time::Duration::from_secs_f64(ms / 1e3));
             }
         }
-        let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let total_ms = total.as_secs_f64() * 1e3;
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -31,6 +31,22 @@ pub fn sync_config(fw: crate::lab::Fw) -> String {
     s
 }
 
+/// `bin run` on fw1 and fw2, replicating to each other over both sync links
+/// ([`sync_config`], then `extra_config`), named `{name}-fw1`/`{name}-fw2`.
+pub fn start_pair(
+    lab: &crate::lab::Lab,
+    bin: &Path,
+    name: &str,
+    extra_config: &str,
+) -> Result<(AgentProcess, AgentProcess)> {
+    use crate::lab::Fw;
+    let start = |fw: Fw| {
+        let cfg = format!("{}{extra_config}", sync_config(fw));
+        AgentProcess::start(lab, fw.node(), bin, &format!("{name}-{fw}"), &cfg)
+    };
+    Ok((start(Fw::Fw1)?, start(Fw::Fw2)?))
+}
+
 pub struct AgentProcess {
     pub child: Child,
     /// Holds the config, the control socket and the log.

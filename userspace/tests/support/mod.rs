@@ -76,17 +76,13 @@ pub fn agent_pair(
     name: &str,
     extra_config: &str,
 ) -> (AgentProcess, AgentProcess) {
-    use xtask::lab::Fw;
-    let start = |fw: Fw| {
-        let cfg = format!("{}{extra_config}", xtask::agent::sync_config(fw));
-        start_agent(
-            lab,
-            fw.node(),
-            &format!("{}-{name}-{fw}", lab.prefix()),
-            &cfg,
-        )
-    };
-    (start(Fw::Fw1), start(Fw::Fw2))
+    xtask::agent::start_pair(
+        lab,
+        &ctsync_bin(),
+        &format!("{}-{name}", lab.prefix()),
+        extra_config,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A firewall's kernel table (`conntrack -L`) without the replication

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use xtask::{
-    agent::{AgentProcess, sync_config},
+    agent::{AgentProcess, start_pair},
     build, ctcompare, exec, keepalived,
-    lab::{Fw, Lab, LabOptions, Node, SERVER_V4, SERVER_V6},
+    lab::{Lab, LabOptions, Node, SERVER_V4, SERVER_V6},
     setup,
     traffic::{Load, Traffic},
 };
@@ -62,17 +62,12 @@ pub fn run(args: Args) -> Result<()> {
         4,
         "ctsync on fw1 and fw2 (eBPF filter on the event socket; FT-FW over sync0, sync1 as backup)",
     );
-    let start = |fw: Fw| {
-        AgentProcess::start(
-            &lab,
-            fw.node(),
-            &build::bin("ctsync"),
-            &format!("demo-{}-{fw}", lab.prefix()),
-            &sync_config(fw),
-        )
-    };
-    let mut agent = start(Fw::Fw1)?;
-    let backup = start(Fw::Fw2)?;
+    let (mut agent, backup) = start_pair(
+        &lab,
+        &build::bin("ctsync"),
+        &format!("demo-{}", lab.prefix()),
+        "",
+    )?;
     println!(
         "      running; control sockets {} and {}",
         agent.socket.display(),

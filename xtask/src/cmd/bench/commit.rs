@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use xtask::{
-    agent::{AgentProcess, sync_config},
+    agent::start_pair,
     build,
     conntrackd::Conntrackd,
     exec,
@@ -59,13 +59,7 @@ fn spec(n: &str) -> Vec<&str> {
 }
 
 fn ctgen(lab: &Lab, fw: Fw, n: u32) -> Result<Duration> {
-    let bin = build::bin("ctgen");
-    let count = n.to_string();
-    let mut argv = vec![bin.to_str().context("path not UTF-8")?];
-    argv.extend(spec(&count));
-    let t0 = Instant::now();
-    exec::output(&mut lab.command(fw.node(), &argv))?;
-    Ok(t0.elapsed())
+    super::ctgen(lab, fw, &spec(&n.to_string()))
 }
 
 fn flush(lab: &Lab, fw: Fw) -> Result<()> {
@@ -188,16 +182,12 @@ pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
     // ctsync: fw2's agent asks fw1's for everything at start, then
     // `ctsync commit` on fw2 (the code path of `notify master`'s first step).
     let ctsync = {
-        let start = |fw: Fw| {
-            AgentProcess::start(
-                lab,
-                fw.node(),
-                &build::bin("ctsync"),
-                &format!("bench-commit-{}-{fw}", lab.prefix()),
-                &sync_config(fw),
-            )
-        };
-        let (a1, a2) = (start(fw1)?, start(fw2)?);
+        let (a1, a2) = start_pair(
+            lab,
+            &build::bin("ctsync"),
+            &format!("bench-commit-{}", lab.prefix()),
+            "",
+        )?;
         wait_for("ctsync's external cache on fw2", wanted, 300, || {
             a2.stats()?["sync"]["external_entries"]
                 .as_u64()

@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::Value;
 use xtask::{
-    agent::{AgentProcess, sync_config},
+    agent::start_pair,
     build, exec,
     lab::{Fw, Lab},
 };
@@ -22,30 +22,25 @@ const SECONDS: u32 = 3;
 
 pub fn run(lab: &Lab, rates: &[u32], report: &mut Report) -> Result<()> {
     println!("\n== replication latency at set rates ({SECONDS} s of ctgen --rate on fw1 each) ==");
-    let ctgen = build::bin("ctgen");
-    let ctgen = ctgen.to_str().context("path not UTF-8")?;
     for &rate in rates {
         exec::output(&mut lab.command(Fw::Fw1.node(), &["conntrack", "-F"]))?;
-        let start = |fw: Fw| {
-            AgentProcess::start(
-                lab,
-                fw.node(),
-                &build::bin("ctsync"),
-                &format!("bench-latency-{}-{fw}", lab.prefix()),
-                &sync_config(fw),
-            )
-        };
-        let (a1, a2) = (start(Fw::Fw1)?, start(Fw::Fw2)?);
+        let (a1, a2) = start_pair(
+            lab,
+            &build::bin("ctsync"),
+            &format!("bench-latency-{}", lab.prefix()),
+            "",
+        )?;
         // Within the kernel's default nf_conntrack_max (262144).
         let count = (rate * SECONDS).min(200_000);
         let (count_s, rate_s) = (count.to_string(), rate.to_string());
-        exec::output(&mut lab.command(
-            Fw::Fw1.node(),
+        super::ctgen(
+            lab,
+            Fw::Fw1,
             &[
-                ctgen, "--count", &count_s, "--family", "4", "--proto", "mixed", "--nat", "--rate",
+                "--count", &count_s, "--family", "4", "--proto", "mixed", "--nat", "--rate",
                 &rate_s,
             ],
-        ))?;
+        )?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while a2.stats()?["sync"]["external_entries"]
             .as_u64()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use xtask::{
-    agent::{AgentProcess, sync_config},
+    agent::start_pair,
     build,
     conntrackd::Conntrackd,
     exec,
@@ -127,16 +127,12 @@ fn events(lab: &Lab, entries: u32, report: &mut Report) -> Result<()> {
     // ctsync's ACK round trip, for the report.
     let (ack_p50, ack_p99);
     let ctsync = {
-        let start = |fw: Fw| {
-            AgentProcess::start(
-                lab,
-                fw.node(),
-                &build::bin("ctsync"),
-                &format!("bench-{}-{fw}", lab.prefix()),
-                &sync_config(fw),
-            )
-        };
-        let (fw1, fw2) = (start(Fw::Fw1)?, start(Fw::Fw2)?);
+        let (fw1, fw2) = start_pair(
+            lab,
+            &build::bin("ctsync"),
+            &format!("bench-{}", lab.prefix()),
+            "",
+        )?;
         let r = measure(lab, &[fw1.child.id(), fw2.child.id()], entries, || {
             Ok(fw2.dump("external")?.len())
         })?;
@@ -223,6 +219,16 @@ fn events(lab: &Lab, entries: u32, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// Runs `ctgen <args>` in `fw`'s namespace; returns how long it took.
+fn ctgen(lab: &Lab, fw: Fw, args: &[&str]) -> Result<Duration> {
+    let bin = build::bin("ctgen");
+    let mut argv = vec![bin.to_str().context("path not UTF-8")?];
+    argv.extend_from_slice(args);
+    let t0 = Instant::now();
+    exec::output(&mut lab.command(fw.node(), &argv))?;
+    Ok(t0.elapsed())
+}
+
 struct Measured {
     events: u64,
     /// Per process, in the order given to `measure`.
@@ -255,8 +261,6 @@ fn measure(
 ) -> Result<Measured> {
     exec::output(&mut lab.command(Node::Fw1, &["conntrack", "-F"]))?;
     std::thread::sleep(Duration::from_secs(1));
-    let ctgen = build::bin("ctgen");
-    let ctgen = ctgen.to_str().context("path not UTF-8")?;
     let count = n.to_string();
     let cpu = || {
         pids.iter()
@@ -282,12 +286,10 @@ fn measure(
     for extra in [&[][..], &["--delete"][..]] {
         let before = cpu()?;
         let mut argv = vec![
-            ctgen, "--count", &count, "--family", "4", "--proto", "mixed", "--nat", "--batch", "64",
+            "--count", &count, "--family", "4", "--proto", "mixed", "--nat", "--batch", "64",
         ];
         argv.extend_from_slice(extra);
-        let t0 = Instant::now();
-        exec::output(&mut lab.command(Node::Fw1, &argv))?;
-        offered += t0.elapsed().as_secs_f64();
+        offered += ctgen(lab, Fw::Fw1, &argv)?.as_secs_f64();
         let after = idle()?;
         for (u, (a, b)) in used.iter_mut().zip(after.iter().zip(&before)) {
             *u += a - b;

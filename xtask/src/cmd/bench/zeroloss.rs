@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use xtask::{
-    agent::{AgentProcess, sync_config},
+    agent::start_pair,
     build,
     conntrackd::Conntrackd,
     exec,
@@ -40,23 +40,15 @@ fn settle(want: u64, mut count: impl FnMut() -> Result<u64>) -> Result<u64> {
 /// One step: entries on the backup after `COUNT` creates at `rate` (0:
 /// unpaced), and the rate actually offered.
 fn step(lab: &Lab, rate: u32, backup_count: &mut dyn FnMut() -> Result<u64>) -> Result<(u64, f64)> {
-    let ctgen = build::bin("ctgen");
     let (count, rate_s) = (COUNT.to_string(), rate.to_string());
-    let argv = [
-        ctgen.to_str().context("path not UTF-8")?,
-        "--count",
-        &count,
-        "--family",
-        "4",
-        "--proto",
-        "mixed",
-        "--nat",
-        "--rate",
-        &rate_s,
-    ];
-    let t0 = Instant::now();
-    exec::output(&mut lab.command(Fw::Fw1.node(), &argv))?;
-    let offered = f64::from(COUNT) / t0.elapsed().as_secs_f64();
+    let took = super::ctgen(
+        lab,
+        Fw::Fw1,
+        &[
+            "--count", &count, "--family", "4", "--proto", "mixed", "--nat", "--rate", &rate_s,
+        ],
+    )?;
+    let offered = f64::from(COUNT) / took.as_secs_f64();
     Ok((settle(u64::from(COUNT), backup_count)?, offered))
 }
 
@@ -75,16 +67,12 @@ pub fn run(lab: &Lab, rates: &[u32], report: &mut Report) -> Result<()> {
         };
         flush()?;
         let ctsync = {
-            let start = |fw: Fw| {
-                AgentProcess::start(
-                    lab,
-                    fw.node(),
-                    &build::bin("ctsync"),
-                    &format!("bench-zeroloss-{}-{fw}", lab.prefix()),
-                    &sync_config(fw),
-                )
-            };
-            let (_a1, a2) = (start(Fw::Fw1)?, start(Fw::Fw2)?);
+            let (_a1, a2) = start_pair(
+                lab,
+                &build::bin("ctsync"),
+                &format!("bench-zeroloss-{}", lab.prefix()),
+                "",
+            )?;
             step(lab, rate, &mut || {
                 Ok(a2.stats()?["sync"]["external_entries"]
                     .as_u64()
