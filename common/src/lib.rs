@@ -9,6 +9,7 @@
 pub mod conntrack;
 pub mod filter;
 pub mod wire;
+pub mod xdp;
 
 pub use conntrack::{CtExt, CtRecord, NatSeq, Tuple};
 pub use filter::{Counter, FilterConfig, MarkMatch};

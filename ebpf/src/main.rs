@@ -1,17 +1,11 @@
-//! ctsync's kernel-side programs.
+//! ctsync's event filter object.
 //!
 //! - `event_filter`: socket filter on the agent's ctnetlink event socket.
+//!
+//! The XDP receive path is a separate object (`xdp.rs`), loaded only on
+//! the links that use it.
 #![no_std]
 #![no_main]
 
 mod event_filter;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+mod runtime;
