@@ -315,7 +315,15 @@ impl Agent {
                 write_dump(&mut w, n, self.cache.iter()).await
             }
             Request::DumpExternal => match &self.repl {
-                Some(r) => write_dump(&mut w, r.external().len(), r.external().iter()).await,
+                Some(r) => {
+                    let entries = r.external().remaining();
+                    write_dump(
+                        &mut w,
+                        entries.len(),
+                        entries.iter().map(|(r, e)| (r, e.as_ref())),
+                    )
+                    .await
+                }
                 None => write_line(&mut w, &Reply::err(NO_SYNC)).await,
             },
             Request::ResyncRequest => {
@@ -368,7 +376,11 @@ impl Agent {
         self.source
             .pause(&mut self.cache)
             .map_err(|e| e.to_string())?;
-        let result = commit::commit(&mut self.writer, repl.external().iter_remaining(), &opts);
+        let result = commit::commit(
+            &mut self.writer,
+            repl.external().remaining().into_iter(),
+            &opts,
+        );
         let resumed = self.source.resume(&mut self.cache);
         let report = result.map_err(|e| format!("commit failed: {e}"))?;
         latency::record(
@@ -573,14 +585,13 @@ impl Agent {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut links = Vec::new();
         if let Some(r) = &self.repl {
-            for s in r.transport().sockets() {
+            // The XDP ring buffer wakes the loop like a socket does.
+            let fds = r.transport().sockets().map(|s| s.as_raw_fd());
+            for s in fds.chain(r.xdp_fd()) {
                 // SAFETY: the transport owns these sockets for as long as the
                 // AsyncFds (dropped before `self`) are registered.
                 let fd = unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        FdRef(s.as_raw_fd()),
-                        Interest::READABLE,
-                    )
+                    tokio::io::unix::AsyncFd::register_with_interest(FdRef(s), Interest::READABLE)
                 }
                 .map_err(|e| AgentError::Io(e.into()))?;
                 links.push(fd);

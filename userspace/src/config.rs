@@ -88,6 +88,29 @@ pub struct Sync {
     pub window: usize,
     /// Ask the peer for a full resend at start-up.
     pub startup_resync: bool,
+    /// Where the peer's data datagrams are applied: `native` (XDP in the
+    /// driver, falling back to generic where the driver lacks it),
+    /// `generic` (XDP in the kernel's generic hook) or `off` (the agent's
+    /// socket). With XDP, replicated records land in a BPF map without
+    /// waking the agent.
+    pub xdp: XdpMode,
+    /// Most entries the XDP external cache holds (memory grows with use; a
+    /// full map is counted and logged).
+    pub xdp_map_entries: u32,
+    /// bpffs directory where the XDP external cache is pinned, so that it
+    /// outlives an agent restart. Empty: `/sys/fs/bpf/ctsync/net<inode of
+    /// this network namespace>`. Must be unique per agent on a host.
+    pub xdp_pin_dir: PathBuf,
+}
+
+/// `sync.xdp`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    #[default]
+    Native,
+    Generic,
+    Off,
 }
 
 impl Default for Sync {
@@ -99,6 +122,9 @@ impl Default for Sync {
             node_id: 0,
             window: 16384,
             startup_resync: true,
+            xdp: XdpMode::Native,
+            xdp_map_entries: 1 << 20,
+            xdp_pin_dir: PathBuf::new(),
         }
     }
 }
@@ -471,6 +497,24 @@ impl Config {
             return Err((
                 "events.read_batch",
                 format!("{} is out of range 1..=1024", ev.read_batch),
+            ));
+        }
+        if !(1024..=1 << 26).contains(&self.sync.xdp_map_entries) {
+            return Err((
+                "sync.xdp_map_entries",
+                format!(
+                    "{} is out of range 1024..=67108864 (size it above nf_conntrack_max)",
+                    self.sync.xdp_map_entries
+                ),
+            ));
+        }
+        if !self.sync.xdp_pin_dir.as_os_str().is_empty() && !self.sync.xdp_pin_dir.is_absolute() {
+            return Err((
+                "sync.xdp_pin_dir",
+                format!(
+                    "{:?} is relative: give an absolute path on a bpffs (e.g. under /sys/fs/bpf)",
+                    self.sync.xdp_pin_dir
+                ),
             ));
         }
         if self.failover.purge_timeout == 0 {

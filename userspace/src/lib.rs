@@ -5,6 +5,10 @@
 //! ([`events`]) drains the rest through [`nlsock`], decodes them with
 //! [`ctnetlink`] and keeps the internal [`cache`]. The [`agent`] runs it all
 //! and answers the [`control`] socket.
+//!
+//! Replication ([`replication`]) runs the [`ftfw`] state machines over the
+//! sync-link [`transport`]; on the backup, the [`xdp`] receive path applies
+//! the peer's records to the [`external`] cache in the kernel.
 pub mod agent;
 pub mod bpf;
 pub mod cache;
@@ -15,6 +19,7 @@ pub mod ctnetlink;
 pub mod ctwrite;
 pub mod display;
 pub mod events;
+pub mod external;
 pub mod filter;
 pub mod ftfw;
 pub mod latency;
@@ -22,3 +27,4 @@ pub mod metrics;
 pub mod nlsock;
 pub mod replication;
 pub mod transport;
+pub mod xdp;

@@ -12,11 +12,13 @@ use serde_json::json;
 use crate::{
     cache::{self, Cache, Change},
     config,
+    external::{External, MapExternal},
     ftfw::{
         self, DataRecord, ExternalTable, Receiver, ReceiverConfig, ReceiverEvent, Sender,
         SenderConfig, SenderEvent, StateLookup,
     },
     transport::{LinkConfig, Transport, TransportError},
+    xdp::XdpReceive,
 };
 
 /// The internal cache as the sender sees it.
@@ -67,7 +69,11 @@ pub struct Replication {
     transport: Transport,
     sender: Sender,
     receiver: Receiver,
-    external: ExternalTable,
+    external: External,
+    /// The XDP receive path, when attached.
+    xdp: Option<XdpReceive>,
+    /// Why the XDP receive path is not in use, when it isn't.
+    xdp_off: Option<String>,
     tx: Vec<u8>,
     rx: Vec<u8>,
     started: Instant,
@@ -80,6 +86,36 @@ pub struct Replication {
     receive_to_apply: hdrhistogram::Histogram<u64>,
     /// When the datagrams whose records are not applied yet were read.
     received_at: Option<Instant>,
+}
+
+/// The external cache: in the XDP program's map if XDP attaches, else in
+/// memory (with the reason, logged).
+fn open_external(cfg: &config::Sync, node: u32) -> (External, Option<XdpReceive>, Option<String>) {
+    if cfg.xdp == config::XdpMode::Off {
+        tracing::info!("XDP receive path off (sync.xdp = \"off\"): the agent's socket receives");
+        return (
+            External::Memory(ExternalTable::new()),
+            None,
+            Some("sync.xdp = \"off\"".into()),
+        );
+    }
+    match XdpReceive::open(cfg, node) {
+        Ok((x, map, fd)) => (
+            External::Map(MapExternal::new(map, fd, cfg.xdp_map_entries)),
+            Some(x),
+            None,
+        ),
+        Err(e) => {
+            tracing::warn!(
+                "XDP receive path unavailable, the agent's socket receives instead: {e}"
+            );
+            (
+                External::Memory(ExternalTable::new()),
+                None,
+                Some(e.to_string()),
+            )
+        }
+    }
 }
 
 /// This node's id: configured, or the low bits of the first link's address.
@@ -139,11 +175,14 @@ impl Replication {
         if cfg.startup_resync {
             receiver.request_resync(now);
         }
+        let (external, xdp, xdp_off) = open_external(cfg, node);
         Ok(Replication {
             transport,
             sender,
             receiver,
-            external: ExternalTable::new(),
+            external,
+            xdp,
+            xdp_off,
             tx: vec![0; 65536],
             rx: vec![0; 65536],
             started: now,
@@ -159,8 +198,30 @@ impl Replication {
         &self.transport
     }
 
-    pub fn external(&self) -> &ExternalTable {
+    pub fn external(&self) -> &External {
         &self.external
+    }
+
+    /// The ring buffer of the XDP receive path, for readiness.
+    pub fn xdp_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.xdp.as_ref().map(XdpReceive::seen_fd)
+    }
+
+    /// Hands XDP's reports of the datagrams it applied to the receiver.
+    fn receive_seen(&mut self, now: Instant) {
+        let Some(x) = &mut self.xdp else { return };
+        let receiver = &mut self.receiver;
+        x.drain_seen(|r| {
+            if r.failed > 0 {
+                tracing::warn!(
+                    failed = r.failed,
+                    "the XDP external cache is full and refused records: raise sync.xdp_map_entries"
+                );
+            }
+            if let Err(e) = receiver.handle_seen(now, &r.header) {
+                tracing::debug!("XDP report dropped: {e}");
+            }
+        });
     }
 
     /// Moves as many queued cache changes to the sender as its window takes;
@@ -203,6 +264,7 @@ impl Replication {
                 tracing::debug!("sync datagram dropped: {e}");
             }
         }
+        self.receive_seen(now);
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -249,6 +311,9 @@ impl Replication {
             if !progressed || self.sender.credit() == 0 || cache.pending() == 0 {
                 break;
             }
+        }
+        if let Some(x) = &mut self.xdp {
+            x.set_accept(self.receiver.accept_filter());
         }
         if let Some(at) = self.received_at.take() {
             crate::latency::record(&mut self.receive_to_apply, at.elapsed());
@@ -385,6 +450,10 @@ impl Replication {
             "links": self.transport.stats(),
             "link_failovers": self.transport.failovers,
             "external_entries": self.external.len(),
+            "xdp": match &self.xdp {
+                Some(x) => x.stats_json(),
+                None => json!({ "off": self.xdp_off }),
+            },
             "sender_connected": self.sender.is_connected(),
         })
     }

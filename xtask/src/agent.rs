@@ -18,8 +18,13 @@ use crate::{
 /// The `[sync]` config for the agent on `fw`: both lab sync links, towards
 /// the other firewall.
 pub fn sync_config(fw: crate::lab::Fw) -> String {
+    sync_config_with(fw, "")
+}
+
+/// [`sync_config`] with more `[sync]` keys (TOML lines, e.g. `xdp = "off"`).
+pub fn sync_config_with(fw: crate::lab::Fw, sync_keys: &str) -> String {
     let (me, peer) = (fw, fw.other());
-    let mut s = String::from("[sync]\nport = 3780\n");
+    let mut s = format!("[sync]\nport = 3780\n{sync_keys}");
     for link in 0..2 {
         s += &format!(
             "[[sync.links]]\ninterface = \"{}\"\nlocal = \"{}\"\npeer = \"{}\"\n",
@@ -39,16 +44,55 @@ pub fn start_pair(
     name: &str,
     extra_config: &str,
 ) -> Result<(AgentProcess, AgentProcess)> {
+    start_pair_with(lab, bin, name, "", extra_config)
+}
+
+/// [`start_pair`] with more `[sync]` keys (see [`sync_config_with`]).
+pub fn start_pair_with(
+    lab: &crate::lab::Lab,
+    bin: &Path,
+    name: &str,
+    sync_keys: &str,
+    extra_config: &str,
+) -> Result<(AgentProcess, AgentProcess)> {
     use crate::lab::Fw;
     let start = |fw: Fw| {
-        let cfg = format!("{}{extra_config}", sync_config(fw));
+        let cfg = format!("{}{extra_config}", sync_config_with(fw, sync_keys));
         AgentProcess::start(lab, fw.node(), bin, &format!("{name}-{fw}"), &cfg)
     };
     Ok((start(Fw::Fw1)?, start(Fw::Fw2)?))
 }
 
+/// Where lab agents pin their XDP external cache: a bpffs outside /sys,
+/// which `ip netns exec` remounts (a pin under it would vanish with the
+/// agent's mount namespace, and with it the restart-survival under test).
+pub const LAB_BPFFS: &str = "/run/ctsync-lab/bpf";
+
+/// Mounts the lab's bpffs on the host, once.
+pub fn ensure_lab_bpffs() -> Result<()> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(LAB_BPFFS) && l.split(' ').nth(2) == Some("bpf"))
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all(LAB_BPFFS).with_context(|| format!("creating {LAB_BPFFS}"))?;
+    let st = Command::new("mount")
+        .args(["-t", "bpf", "bpf", LAB_BPFFS])
+        .status()
+        .context("running mount")?;
+    if !st.success() {
+        bail!("mount -t bpf bpf {LAB_BPFFS} failed ({st})");
+    }
+    Ok(())
+}
+
 pub struct AgentProcess {
     pub child: Child,
+    /// The agent's XDP pin directory (removed with the agent).
+    pin_dir: Option<PathBuf>,
     /// Holds the config, the control socket and the log.
     pub dir: PathBuf,
     pub socket: PathBuf,
@@ -72,6 +116,21 @@ impl AgentProcess {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let socket = dir.join("ctsync.sock");
         let config = dir.join("ctsync.toml");
+        // Replicating agents pin their XDP external cache in the lab's
+        // bpffs, unless the config says where.
+        let mut pin_dir = None;
+        let mut extra_config = extra_config.to_owned();
+        if extra_config.contains("[sync]\n") && !extra_config.contains("xdp_pin_dir") {
+            ensure_lab_bpffs()?;
+            let d = Path::new(LAB_BPFFS).join(format!("{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            extra_config = extra_config.replacen(
+                "[sync]\n",
+                &format!("[sync]\nxdp_pin_dir = {:?}\n", d.display().to_string()),
+                1,
+            );
+            pin_dir = Some(d);
+        }
         std::fs::write(
             &config,
             format!(
@@ -92,6 +151,7 @@ impl AgentProcess {
             .with_context(|| format!("starting {} run", bin.display()))?;
         let mut agent = AgentProcess {
             child,
+            pin_dir,
             dir,
             socket,
             config,
@@ -250,5 +310,8 @@ impl Drop for AgentProcess {
         self.signal(libc::SIGTERM);
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(d) = &self.pin_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
