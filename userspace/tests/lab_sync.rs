@@ -4,7 +4,8 @@
 //! duplication, payload corruption injected with nftables; reordering by an
 //! HTB class that nftables sends a share of the datagrams to), agent crashes
 //! and restarts on either side, the active link going down, and garbage
-//! from strangers.
+//! from strangers. Each test runs once per receive path on the backup: XDP
+//! in native mode, XDP in generic mode, and the agent's socket.
 
 mod support;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use support::{agent_pair, fw_table, stats, workspace_bin};
+use support::{Receive, agent_pair_in, fw_table, stats, workspace_bin, xdp_counter};
 use xtask::{
     agent::AgentProcess,
     lab::{Fw, Lab, LabOptions, Node},
@@ -20,6 +21,30 @@ use xtask::{
 };
 
 const PORT: u16 = 3780;
+
+/// Defines `$name::{xdp_native, xdp_generic, socket}`, each running the
+/// body with its [`Receive`] path bound to `$receive`.
+macro_rules! each_receive_path {
+    ($(#[doc = $doc:literal])* fn $name:ident($receive:ident) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            use super::*;
+            fn run($receive: Receive) $body
+            #[test]
+            fn xdp_native() {
+                run(Receive::Native)
+            }
+            #[test]
+            fn xdp_generic() {
+                run(Receive::Generic)
+            }
+            #[test]
+            fn socket() {
+                run(Receive::Socket)
+            }
+        }
+    };
+}
 
 /// fw2's external cache equals fw1's kernel table within `secs`.
 fn assert_replicated(lab: &Lab, fw2: &AgentProcess, secs: u64) -> usize {
@@ -42,10 +67,10 @@ fn nft(lab: &Lab, node: Node, ruleset: &str) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-#[test]
-fn fw2_external_cache_equals_fw1_table_after_100k_bulk_and_live_traffic() {
+each_receive_path! {
+fn fw2_external_cache_equals_fw1_table_after_100k_bulk_and_live_traffic(receive) {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (fw1, fw2) = agent_pair(&lab, "bulk", "");
+    let (fw1, fw2) = agent_pair_in(&lab, "bulk", receive, "");
     let traffic = Traffic::start(
         &lab,
         &workspace_bin("ctsync-traffic"),
@@ -82,6 +107,24 @@ fn fw2_external_cache_equals_fw1_table_after_100k_bulk_and_live_traffic() {
     assert_replicated(&lab, &fw2, 60);
     let s = stats(&fw1);
     assert_eq!(s["sync"]["replication"]["send_errors"], 0, "{s}");
+    assert_receive_path(&fw2, receive);
+}
+}
+
+/// The data really went the way under test: with XDP, the kernel applied
+/// most records (the agent only handles bulk markers and the like).
+fn assert_receive_path(fw2: &AgentProcess, receive: Receive) {
+    let s = stats(fw2);
+    let in_kernel = xdp_counter(&s, "applied");
+    let delivered = s["sync"]["receiver"]["records_delivered"].as_u64().unwrap();
+    match receive {
+        Receive::Socket => assert_eq!(in_kernel, 0, "{s}"),
+        _ => assert!(
+            in_kernel > 0 && in_kernel > delivered,
+            "XDP applied {in_kernel} records, the agent {delivered}: {}",
+            s["sync"]
+        ),
+    }
 }
 
 /// Creates 20k entries on fw1 and deletes 5k of them; fw2's external cache
@@ -121,7 +164,7 @@ fn create_20k_delete_5k(lab: &Lab, fw1: &AgentProcess, fw2: &AgentProcess) -> (V
 /// `loss`% of the datagrams to the sync port dropped on both firewalls'
 /// egress (data one way, ACK/NACK the other), plus 10% duplication of the
 /// data and payload and header corruption.
-fn survives_loss_duplication_and_corruption(name: &str, loss: u32) {
+fn survives_loss_duplication_and_corruption(name: &str, loss: u32, receive: Receive) {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
     // Corruption rewrites a payload byte (offset 40 into the UDP payload:
     // inside the first record, past the ctsync header) or a header byte
@@ -142,7 +185,7 @@ fn survives_loss_duplication_and_corruption(name: &str, loss: u32) {
              udp dport {PORT} numgen random mod 100 < 10 dup to 10.9.1.2 device sync0\n }}\n}}\n"
         ),
     );
-    let (fw1, fw2) = agent_pair(&lab, name, "");
+    let (fw1, fw2) = agent_pair_in(&lab, name, receive, "");
     let (s1, s2) = create_20k_delete_5k(&lab, &fw1, &fw2);
     let send = &s1["sync"]["sender"];
     let recv = &s2["sync"]["receiver"];
@@ -150,21 +193,26 @@ fn survives_loss_duplication_and_corruption(name: &str, loss: u32) {
         send["retransmits"].as_u64().unwrap() > 0,
         "{loss}% loss caused no retransmit: {send}"
     );
+    // XDP drops corrupt data datagrams itself; the agent sees the rest.
+    let corrupt = recv["corrupt"].as_u64().unwrap() + xdp_counter(&s2, "corrupt");
     assert!(
-        recv["corrupt"].as_u64().unwrap() > 0,
-        "no corrupted datagram was seen: {recv}"
+        corrupt > 0,
+        "no corrupted datagram was seen: {}",
+        s2["sync"]
     );
     assert!(recv["nacks_sent"].as_u64().unwrap() > 0, "{recv}");
+    assert_receive_path(&fw2, receive);
 }
 
-#[test]
-fn replication_survives_30pct_loss_duplication_and_corruption() {
-    survives_loss_duplication_and_corruption("loss30", 30);
+each_receive_path! {
+fn replication_survives_30pct_loss_duplication_and_corruption(receive) {
+    survives_loss_duplication_and_corruption("loss30", 30, receive);
+}
 }
 
 #[test]
 fn replication_survives_5pct_loss_duplication_and_corruption() {
-    survives_loss_duplication_and_corruption("loss5", 5);
+    survives_loss_duplication_and_corruption("loss5", 5, Receive::Native);
 }
 
 /// Packets sent so far by HTB class `class` on `dev` of `node`.
@@ -189,8 +237,8 @@ fn htb_class_packets(lab: &Lab, node: Node, dev: &str, class: &str) -> u64 {
     panic!("no HTB class {class} on {dev} of {node:?}:\n{text}");
 }
 
-#[test]
-fn replication_survives_reordering_on_the_sync_link() {
+each_receive_path! {
+fn replication_survives_reordering_on_the_sync_link(receive) {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
     // No netem on this kernel: reorder with HTB. On both firewalls' active
     // sync link, a fast default class and a slow one (8 Mbit/s, so each
@@ -224,7 +272,7 @@ fn replication_survives_reordering_on_the_sync_link() {
             ),
         );
     }
-    let (fw1, fw2) = agent_pair(&lab, "reorder", "");
+    let (fw1, fw2) = agent_pair_in(&lab, "reorder", receive, "");
     let (_, s2) = create_20k_delete_5k(&lab, &fw1, &fw2);
     // The test is void unless datagrams really overtook each other.
     let recv = &s2["sync"]["receiver"];
@@ -242,12 +290,14 @@ fn replication_survives_reordering_on_the_sync_link() {
             "{fw:?}: the slow class sent {slow} packets, the fast one {fast}"
         );
     }
+    assert_receive_path(&fw2, receive);
+}
 }
 
-#[test]
-fn agents_crash_and_restart_mid_stream_and_converge() {
+each_receive_path! {
+fn agents_crash_and_restart_mid_stream_and_converge(receive) {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (mut fw1, mut fw2) = agent_pair(&lab, "restart", "");
+    let (mut fw1, mut fw2) = agent_pair_in(&lab, "restart", receive, "");
     // Each round NATs to its own address, so reply tuples never clash.
     let make = |base: &str, nat_to: &str| {
         let args = [
@@ -268,9 +318,23 @@ fn agents_crash_and_restart_mid_stream_and_converge() {
     // The backup crashes while a burst is being replicated, and more changes
     // happen while it is down.
     make("10.70.0.0", "10.2.0.101");
+    let before = fw2.dump("external").unwrap().len();
     fw2.kill();
     make("10.71.0.0", "10.2.0.102");
+    // With XDP the external cache is a pinned map: the restarted backup
+    // still has it before the primary can send anything (held stopped).
+    fw1.signal(libc::SIGSTOP);
     fw2.restart(&lab, Node::Fw2).unwrap();
+    let kept = fw2.dump("external").unwrap().len();
+    fw1.signal(libc::SIGCONT);
+    match receive {
+        Receive::Socket => assert_eq!(kept, 0),
+        _ => assert!(
+            kept >= before && before > 0,
+            "the restarted backup has {kept} external entries, it had {before}\n{}",
+            fw2.log()
+        ),
+    }
     // The primary crashes mid-burst; while it is down, entries are created
     // and destroyed (the restarted primary must purge them from fw2).
     make("10.72.0.0", "10.2.0.103");
@@ -296,11 +360,12 @@ fn agents_crash_and_restart_mid_stream_and_converge() {
         "{s}"
     );
 }
+}
 
-#[test]
-fn active_link_down_mid_stream_moves_to_the_second_link_without_loss() {
+each_receive_path! {
+fn active_link_down_mid_stream_moves_to_the_second_link_without_loss(receive) {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (fw1, fw2) = agent_pair(&lab, "link", "");
+    let (fw1, fw2) = agent_pair_in(&lab, "link", receive, "");
     let mut load = ctgen(
         &lab,
         &[
@@ -316,12 +381,14 @@ fn active_link_down_mid_stream_moves_to_the_second_link_without_loss() {
     let s = stats(&fw1);
     assert!(s["sync"]["link_failovers"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["sync"]["links"][1]["active"], true, "{s}");
+    assert_receive_path(&fw2, receive);
+}
 }
 
-#[test]
-fn garbage_and_strangers_on_the_sync_port_are_dropped_and_counted() {
+each_receive_path! {
+fn garbage_and_strangers_on_the_sync_port_are_dropped_and_counted(receive) {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (_fw1, fw2) = agent_pair(&lab, "garbage", "");
+    let (_fw1, fw2) = agent_pair_in(&lab, "garbage", receive, "");
     lab.exec(
         Node::Fw1,
         &["ip", "addr", "add", "10.9.1.9/24", "dev", "sync0"],
@@ -370,22 +437,35 @@ fn garbage_and_strangers_on_the_sync_port_are_dropped_and_counted() {
     assert!(st.success());
     assert_replicated(&lab, &fw2, 60);
     let s = stats(&fw2);
-    assert_eq!(s["sync"]["links"][0]["rx_strangers"], 200, "{s}");
-    // Peer-addressed garbage reaches the decoder: refused, counted, harmless.
+    // XDP drops strangers before the socket; without it the transport does.
+    let strangers =
+        s["sync"]["links"][0]["rx_strangers"].as_u64().unwrap() + xdp_counter(&s, "strangers");
+    assert_eq!(strangers, 200, "{s}");
+    // Peer-addressed garbage reaches the decoder (XDP's or the agent's):
+    // refused, counted, harmless.
     let r = &s["sync"]["receiver"];
     let refused = s["sync"]["replication"]["malformed"].as_u64().unwrap()
         + r["malformed"].as_u64().unwrap()
-        + r["corrupt"].as_u64().unwrap();
+        + r["corrupt"].as_u64().unwrap()
+        + xdp_counter(&s, "malformed")
+        + xdp_counter(&s, "corrupt");
     assert!(
         refused >= 200,
         "the peer-addressed garbage was not counted: {s}"
     );
+    if receive != Receive::Socket {
+        assert!(
+            xdp_counter(&s, "strangers") == 200 && xdp_counter(&s, "malformed") >= 200,
+            "{s}"
+        );
+    }
+}
 }
 
-#[test]
-fn external_entries_expire_by_their_timeout_once_the_peer_is_silent() {
+each_receive_path! {
+fn external_entries_expire_by_their_timeout_once_the_peer_is_silent(receive) {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (mut fw1, fw2) = agent_pair(&lab, "expiry", "");
+    let (mut fw1, fw2) = agent_pair_in(&lab, "expiry", receive, "");
     for (base, timeout) in [("10.70.0.0", "6"), ("10.71.0.0", "1200")] {
         let args = [
             "--count",
@@ -419,4 +499,5 @@ fn external_entries_expire_by_their_timeout_once_the_peer_is_silent() {
     }
     let s = stats(&fw2);
     assert_eq!(s["sync"]["replication"]["expired"], 1000, "{s}");
+}
 }

@@ -69,6 +69,67 @@ pub fn stats(agent: &AgentProcess) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log()))
 }
 
+/// How the backup receives the peer's data datagrams (`sync.xdp`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Receive {
+    /// XDP in the veth driver.
+    Native,
+    /// XDP in the kernel's generic hook.
+    Generic,
+    /// No XDP: the agent's socket.
+    Socket,
+}
+
+impl Receive {
+    pub fn xdp(self) -> &'static str {
+        match self {
+            Receive::Native => "native",
+            Receive::Generic => "generic",
+            Receive::Socket => "off",
+        }
+    }
+}
+
+/// A counter of the XDP program (`stats.sync.xdp.counters`), 0 without XDP.
+pub fn xdp_counter(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["sync"]["xdp"]["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// [`agent_pair`] with the receive path set, checked: a test meant for
+/// XDP must not pass on a silent fallback to the socket.
+pub fn agent_pair_in(
+    lab: &xtask::lab::Lab,
+    name: &str,
+    receive: Receive,
+    extra_config: &str,
+) -> (AgentProcess, AgentProcess) {
+    let pair = xtask::agent::start_pair_with(
+        lab,
+        &ctsync_bin(),
+        &format!("{}-{name}", lab.prefix()),
+        &format!("xdp = \"{}\"\n", receive.xdp()),
+        extra_config,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    for agent in [&pair.0, &pair.1] {
+        let s = stats(agent);
+        let xdp = &s["sync"]["xdp"];
+        match receive {
+            Receive::Socket => assert!(xdp["off"].is_string(), "{xdp}"),
+            _ => {
+                let links = xdp["links"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("XDP did not attach: {xdp}\n{}", agent.log()));
+                assert_eq!(links.len(), 2, "{xdp}");
+                for l in links {
+                    assert_eq!(l["mode"], receive.xdp(), "{xdp}");
+                }
+            }
+        }
+    }
+    pair
+}
+
 /// Agents on fw1 and fw2 replicating to each other over both sync links,
 /// with `extra_config` (TOML) after the sync section.
 pub fn agent_pair(
