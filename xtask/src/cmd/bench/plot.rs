@@ -10,9 +10,13 @@ use std::fmt::Write;
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 440.0;
 const LEFT: f64 = 80.0;
+/// Right margin of line charts (the legend) and of bar charts.
 const RIGHT: f64 = 190.0;
+const RIGHT_BARS: f64 = 30.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 64.0;
+/// About as many bold characters as fit across the canvas.
+const TITLE_CHARS: usize = 76;
 const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
 ];
@@ -29,8 +33,9 @@ pub struct Axis {
     /// With the unit, e.g. `latency (µs)`.
     pub label: String,
     pub scale: Scale,
-    /// Fixed (min, max); `None`: from the data (linear axes start at 0 when
-    /// the data is not negative; log axes span whole decades).
+    /// Fixed (min, max), points outside it are left out; `None`: from the
+    /// data (linear axes start at 0 when the data is not negative; log axes
+    /// span whole decades).
     pub range: Option<(f64, f64)>,
     /// Tick positions and labels; `None`: chosen from the range. Ticks
     /// outside the range are not drawn.
@@ -261,26 +266,43 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// The canvas and the title (on two lines if long).
 fn header(svg: &mut String, title: &str) {
-    let _ = write!(
+    let _ = writeln!(
         svg,
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
          viewBox=\"0 0 {WIDTH} {HEIGHT}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"28\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
-        WIDTH / 2.0,
-        escape(title)
+         <rect width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"white\"/>"
     );
+    let mut lines = wrap(title, TITLE_CHARS);
+    if lines.len() > 2 {
+        let rest = lines.split_off(1).join(" ");
+        lines.push(rest);
+    }
+    let (ys, size): (&[f64], u32) = if lines.len() > 1 {
+        (&[19.0, 37.0], 14)
+    } else {
+        (&[28.0], 15)
+    };
+    for (line, y) in lines.iter().zip(ys) {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"{y}\" text-anchor=\"middle\" font-size=\"{size}\" \
+             font-weight=\"bold\">{}</text>",
+            WIDTH / 2.0,
+            escape(line)
+        );
+    }
 }
 
-/// The plot area's frame, grid lines, ticks and axis labels.
-fn axes(
-    svg: &mut String,
-    x: Option<(&Mapping, &[(f64, String)], &str)>,
-    y: (&Mapping, &[(f64, String)], &str),
-) {
-    let (l, r, t, b) = (LEFT, WIDTH - RIGHT, TOP, HEIGHT - BOTTOM);
+/// An axis to draw: its mapping, ticks and label.
+type Drawn<'a> = (&'a Mapping, &'a [(f64, String)], &'a str);
+
+/// The plot area's frame, grid lines, ticks and axis labels; the area
+/// ends `right` pixels from the canvas' right edge.
+fn axes(svg: &mut String, right: f64, x: Option<Drawn>, y: Drawn) {
+    let (l, r, t, b) = (LEFT, WIDTH - right, TOP, HEIGHT - BOTTOM);
     if let Some((m, ticks, label)) = x {
         for (v, text) in ticks.iter().filter(|t| m.contains(t.0)) {
             let px = m.px(*v);
@@ -359,6 +381,7 @@ impl LineChart {
         header(&mut svg, &self.title);
         axes(
             &mut svg,
+            RIGHT,
             Some((&mx, &xticks, &self.x.label)),
             (&my, &yticks, &self.y.label),
         );
@@ -440,9 +463,9 @@ impl BarChart {
         };
         let mut svg = String::new();
         header(&mut svg, &self.title);
-        axes(&mut svg, None, (&my, &yticks, &self.y_label));
+        axes(&mut svg, RIGHT_BARS, None, (&my, &yticks, &self.y_label));
         let n = self.bars.len().max(1) as f64;
-        let slot = (WIDTH - RIGHT - LEFT) / n;
+        let slot = (WIDTH - RIGHT_BARS - LEFT) / n;
         let chars = ((slot / 7.0) as usize).max(8);
         for (i, bar) in self.bars.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
@@ -507,7 +530,7 @@ mod tests {
                 }
                 continue;
             }
-            if tag.matches('"').count() % 2 != 0 || tag.contains('<') {
+            if !tag.matches('"').count().is_multiple_of(2) || tag.contains('<') {
                 return Err(format!("bad attributes in <{tag}>"));
             }
             if let Some(name) = tag.strip_prefix('/') {
@@ -756,6 +779,27 @@ mod tests {
         assert!(balanced("<svg><text>a & b</text></svg>").is_err());
         assert!(balanced("<svg><text x=\"1>a</text></svg>").is_err());
         assert_eq!(balanced("<svg><g/><text>a &amp; b</text></svg>"), Ok(3));
+    }
+
+    #[test]
+    fn long_titles_take_two_lines() {
+        let mut c = chart();
+        c.title = "word ".repeat(40);
+        let svg = c.svg();
+        balanced(&svg).unwrap();
+        let bold: Vec<&str> = svg
+            .lines()
+            .filter(|l| l.contains("font-weight=\"bold\""))
+            .collect();
+        assert_eq!(bold.len(), 2);
+        assert_eq!(
+            texts(&svg)
+                .iter()
+                .filter(|t| t.starts_with("word"))
+                .map(|t| t.matches("word").count())
+                .sum::<usize>(),
+            40
+        );
     }
 
     #[test]
