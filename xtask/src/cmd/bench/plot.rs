@@ -2,12 +2,12 @@
 //! or logarithmic axes, and bar charts. Plain string building, no
 //! dependencies; every number in a chart comes from the caller's data.
 //!
-//! Layout: a fixed 760 x 440 canvas, the title on top, the axis labels below
+//! Layout: a fixed 800 x 440 canvas, the title on top, the axis labels below
 //! and left of the plot area, the legend right of it.
 
 use std::fmt::Write;
 
-const WIDTH: f64 = 760.0;
+const WIDTH: f64 = 800.0;
 const HEIGHT: f64 = 440.0;
 const LEFT: f64 = 80.0;
 /// Right margin of line charts (the legend) and of bar charts.
