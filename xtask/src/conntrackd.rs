@@ -64,6 +64,25 @@ impl Conntrackd {
             .filter(|l| l.contains("src="))
             .count())
     }
+
+    /// Entries in the external cache from `conntrackd -s` (its counter:
+    /// cheap to poll, unlike a dump of every entry with `-e`).
+    pub fn external_count(&self, lab: &Lab) -> Result<u64> {
+        let out = self.ctl(lab, &["-s"])?;
+        external_active(&out)
+            .with_context(|| format!("no external cache count in `conntrackd -s`:\n{out}"))
+    }
+}
+
+/// "current active connections" of the "cache external:" section of
+/// `conntrackd -s`.
+fn external_active(stats: &str) -> Option<u64> {
+    let mut lines = stats
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("cache external"));
+    lines.next()?;
+    let line = lines.find(|l| l.contains("current active connections"))?;
+    line.rsplit(':').next()?.trim().parse().ok()
 }
 
 impl Drop for Conntrackd {
@@ -118,4 +137,22 @@ General {{
 }}
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::external_active;
+
+    #[test]
+    fn external_count_from_stats() {
+        let s = "cache internal:\ncurrent active connections:                4\n\
+                 connections created:                       4    failed:            0\n\n\
+                 cache external:\ncurrent active connections:           1234\n\
+                 connections created:                       0    failed:            0\n";
+        assert_eq!(external_active(s), Some(1234));
+        assert_eq!(
+            external_active("cache internal:\ncurrent active connections: 4\n"),
+            None
+        );
+    }
 }

@@ -17,6 +17,11 @@ use xtask::{
     lab::{Fw, Lab},
 };
 
+use super::{
+    plot::{self, Bar, BarChart},
+    progress::Progress,
+};
+
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 const HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
 
@@ -90,7 +95,58 @@ fn wait_for(what: &str, n: u64, secs: u64, mut count: impl FnMut() -> Result<u64
     }
 }
 
-pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
+/// The times of one commit run.
+#[derive(Clone, Copy, Debug)]
+pub struct Times {
+    /// Entries committed.
+    pub n: u32,
+    /// `ctsync commit`'s own time for the writes.
+    pub ctsync: Duration,
+    /// `conntrackd -c` until fw2's table held every entry.
+    pub conntrackd: Duration,
+    /// ctgen writing the same entries with no listener, best of two.
+    pub ceiling: Duration,
+    /// The same with one listener (`conntrack -E`) on fw2.
+    pub ceiling_listened: Duration,
+}
+
+/// Progress steps of [`run`]: conntrackd, the ceiling, ctsync.
+pub const STEPS: usize = 3;
+
+/// The four times as bars.
+pub fn chart(t: &Times) -> BarChart {
+    let bar = |label: &str, d: Duration| {
+        let s = d.as_secs_f64();
+        Bar {
+            label: label.to_owned(),
+            value: s,
+            note: format!(
+                "{s:.2} s\n{}/s",
+                plot::number(f64::from(t.n) / s, 1000.0, 1e6)
+            ),
+        }
+    };
+    BarChart {
+        title: format!(
+            "commit of {} replicated entries into fw2's empty table (lower is better)",
+            t.n
+        ),
+        y_label: "time to commit (s)".to_owned(),
+        bars: vec![
+            bar("ctsync commit", t.ctsync),
+            bar("kernel ceiling: ctgen, no listener", t.ceiling),
+            bar("ctgen with a listener (conntrack -E)", t.ceiling_listened),
+            bar("conntrackd -c", t.conntrackd),
+        ],
+    }
+}
+
+pub fn run(
+    lab: &Lab,
+    n: u32,
+    report: &mut super::Report,
+    progress: &mut Progress,
+) -> Result<Times> {
     println!(
         "\n== commit: {n} replicated entries (IPv4, TCP/UDP mixed, SNAT) written into fw2's empty table =="
     );
@@ -121,7 +177,7 @@ pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
     // fw1's table stays for the rest: conntrack's hash table is shared by
     // all namespaces, and every contender writes with the same neighbours.
     let dir = std::env::temp_dir().join(format!("ctsync-bench-commit-{}", std::process::id()));
-    let conntrackd = (|| {
+    let conntrackd = progress.step("commit conntrackd", || {
         let c1 = Conntrackd::start(lab, fw1, &dir)?;
         let c2 = Conntrackd::start(lab, fw2, &dir)?;
         ctgen(lab, fw1, n)?;
@@ -146,7 +202,7 @@ pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
             returned.as_secs_f64()
         );
         Ok::<_, anyhow::Error>(done)
-    })();
+    });
     let _ = std::fs::remove_dir_all(&dir);
     let conntrackd = conntrackd?;
     flush(lab, fw2)?;
@@ -154,23 +210,26 @@ pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
     // The ceiling: the same entries, straight from a batched generator,
     // the better of two runs, each into fw2's table after a flush, as the
     // commits.
-    let mut bare = Duration::MAX;
-    for _ in 0..2 {
-        bare = bare.min(ctgen(lab, fw2, n)?);
+    let (bare, listened) = progress.step("commit ceiling (ctgen)", || {
+        let mut bare = Duration::MAX;
+        for _ in 0..2 {
+            bare = bare.min(ctgen(lab, fw2, n)?);
+            flush(lab, fw2)?;
+        }
+        let mut listener = lab
+            .command(fw2.node(), &["conntrack", "-E"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("conntrack -E")?;
+        std::thread::sleep(Duration::from_millis(300));
+        let listened = ctgen(lab, fw2, n);
+        let _ = listener.kill();
+        let _ = listener.wait();
+        let listened = listened?;
         flush(lab, fw2)?;
-    }
-    let mut listener = lab
-        .command(fw2.node(), &["conntrack", "-E"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("conntrack -E")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let listened = ctgen(lab, fw2, n);
-    let _ = listener.kill();
-    let _ = listener.wait();
-    let listened = listened?;
-    flush(lab, fw2)?;
+        Ok((bare, listened))
+    })?;
     println!(
         "kernel ceiling (ctgen, 256 per batch): {:.0} entries/s with no listener ({:.2} s, best of two), \
          {:.0}/s with one (`conntrack -E`)",
@@ -181,7 +240,7 @@ pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
 
     // ctsync: fw2's agent asks fw1's for everything at start, then
     // `ctsync commit` on fw2 (the code path of `notify master`'s first step).
-    let ctsync = {
+    let ctsync = progress.step("commit ctsync", || {
         let (a1, a2) = start_pair(
             lab,
             &build::bin("ctsync"),
@@ -214,8 +273,8 @@ pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
         if in_table < wanted {
             bail!("ctsync's commit left {in_table} of {n} entries in fw2's table: {r}");
         }
-        Duration::from_secs_f64(ms / 1e3)
-    };
+        Ok(Duration::from_secs_f64(ms / 1e3))
+    })?;
     for fw in [fw1, fw2] {
         flush(lab, fw)?;
     }
@@ -240,5 +299,40 @@ pub fn run(lab: &Lab, n: u32, report: &mut super::Report) -> Result<()> {
             ctsync.as_secs_f64() / bare.as_secs_f64()
         ),
     );
-    Ok(())
+    let times = Times {
+        n,
+        ctsync,
+        conntrackd,
+        ceiling: bare,
+        ceiling_listened: listened,
+    };
+    report.plot(
+        "commit.svg",
+        &format!("commit of {n} entries: ctsync, the kernel's ceiling, conntrackd"),
+        chart(&times).svg(),
+    );
+    Ok(times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_bars_with_time_and_rate() {
+        let s = Duration::from_secs_f64;
+        let c = chart(&Times {
+            n: 100_000,
+            ctsync: s(0.25),
+            conntrackd: s(2.0),
+            ceiling: s(0.2),
+            ceiling_listened: s(0.4),
+        });
+        let values: Vec<f64> = c.bars.iter().map(|b| b.value).collect();
+        assert_eq!(values, [0.25, 0.2, 0.4, 2.0]);
+        assert_eq!(c.bars[0].note, "0.25 s\n400k/s");
+        assert_eq!(c.bars[3].note, "2.00 s\n50k/s");
+        let svg = c.svg();
+        assert_eq!(svg.matches("<rect").count(), 2 + 4);
+    }
 }

@@ -6,12 +6,20 @@
 //!   the sync link) each run alone on fw1 while `ctgen` creates and then
 //!   deletes the same entries; their CPU time per event is read from
 //!   /proc/PID/stat and reported as a ratio.
+//! - latency, zero-loss rate and commit: see their modules.
+//!
+//! Progress goes to stderr, one numbered line per step (`progress`); the
+//! measurements to stdout; the report and its SVG charts (`plot`) to
+//! `target/bench-results/`.
 
 mod commit;
 mod latency;
+mod plot;
+mod progress;
 mod report;
 mod zeroloss;
 
+use progress::Progress;
 use report::Report;
 
 use std::time::{Duration, Instant};
@@ -42,6 +50,10 @@ pub struct Args {
     /// Run one part only.
     #[arg(long, value_enum)]
     only: Option<Part>,
+    /// Name prefix of the bench's lab (see `cargo xtask lab`); default: a
+    /// fresh `cts` + 4 hex digits. Fails if a lab of that name exists.
+    #[arg(long)]
+    prefix: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq)]
@@ -68,46 +80,64 @@ pub fn run(args: Args) -> Result<()> {
     let commit_entries =
         args.commit_entries
             .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+    let latency_rates: &[u32] = if args.quick {
+        &[10_000, 50_000]
+    } else {
+        &[10_000, 50_000, 100_000]
+    };
+    // 0: unpaced, as fast as ctgen gets the kernel to create.
+    let zeroloss_rates: &[u32] = if args.quick {
+        &[100_000, 0]
+    } else {
+        &[50_000, 100_000, 150_000, 0]
+    };
+    let lab_parts = [Part::Events, Part::Latency, Part::Zeroloss, Part::Commit];
+    let needs_lab = lab_parts.into_iter().any(part);
+    // The steps, counted before the first one runs.
+    let steps = [
+        (part(Part::Decode), 1),
+        (needs_lab, 2), // lab up, lab down
+        (part(Part::Events), 2),
+        (part(Part::Latency), latency::steps(latency_rates)),
+        (part(Part::Zeroloss), zeroloss::steps(zeroloss_rates)),
+        (part(Part::Commit), commit::STEPS),
+    ];
+    let mut progress = Progress::new(steps.iter().filter(|s| s.0).map(|s| s.1).sum());
     let mut report = Report::default();
     if part(Part::Decode) {
-        decode()?;
+        progress.step("decode and memory (ctsync-bench)", decode)?;
     }
-    if [Part::Events, Part::Latency, Part::Zeroloss, Part::Commit]
-        .into_iter()
-        .any(part)
-    {
-        let lab = Lab::up(LabOptions::default())?;
+    if needs_lab {
+        let opts = LabOptions {
+            prefix: args.prefix.clone(),
+            ..LabOptions::default()
+        };
+        let lab = progress.step("lab up", || Lab::up(opts))?;
+        eprintln!("the bench's lab: {}", lab.prefix());
         if part(Part::Events) {
-            events(&lab, entries, &mut report)?;
+            events(&lab, entries, &mut report, &mut progress)?;
         }
         if part(Part::Latency) {
-            let rates: &[u32] = if args.quick {
-                &[10_000, 50_000]
-            } else {
-                &[10_000, 50_000, 100_000]
-            };
-            latency::run(&lab, rates, &mut report)?;
+            latency::run(&lab, latency_rates, &mut report, &mut progress)?;
         }
         if part(Part::Zeroloss) {
-            // 0: unpaced, as fast as ctgen gets the kernel to create.
-            let rates: &[u32] = if args.quick {
-                &[100_000, 0]
-            } else {
-                &[50_000, 100_000, 150_000, 0]
-            };
-            zeroloss::run(&lab, rates, &mut report)?;
+            zeroloss::run(&lab, zeroloss_rates, &mut report, &mut progress)?;
         }
         if part(Part::Commit) {
-            commit::run(&lab, commit_entries, &mut report)?;
+            commit::run(&lab, commit_entries, &mut report, &mut progress)?;
         }
-        lab.down()?;
+        progress.step("lab down", || lab.down())?;
     }
-    let path = report.write("ctsync vs conntrackd: cargo xtask bench")?;
+    progress.finish();
+    let (path, charts) = report.write("ctsync vs conntrackd: cargo xtask bench")?;
     println!(
         "\n{}\nreport: {}",
         report.markdown("summary"),
         path.display()
     );
+    for c in charts {
+        println!("chart:  {}", c.display());
+    }
     Ok(())
 }
 
@@ -119,14 +149,13 @@ fn decode() -> Result<()> {
     Ok(())
 }
 
-fn events(lab: &Lab, entries: u32, report: &mut Report) -> Result<()> {
+fn events(lab: &Lab, entries: u32, report: &mut Report, progress: &mut Progress) -> Result<()> {
     println!(
         "\n== replication: CPU per conntrack event on the primary (fw1) and the backup (fw2), \
          ctsync vs conntrackd, same lab, same load =="
     );
     // ctsync's ACK round trip, for the report.
-    let (ack_p50, ack_p99);
-    let ctsync = {
+    let (ctsync, (ack_p50, ack_p99)) = progress.step("events ctsync", || {
         let (fw1, fw2) = start_pair(
             lab,
             &build::bin("ctsync"),
@@ -153,15 +182,15 @@ fn events(lab: &Lab, entries: u32, report: &mut Report) -> Result<()> {
         );
         let l: serde_json::Value = serde_json::from_str(&fw1.ctl(&["latency", "--json"])?)?;
         let rtt = &l["ack_rtt"];
-        (ack_p50, ack_p99) = (rtt["p50_us"].clone(), rtt["p99_us"].clone());
+        let ack = (rtt["p50_us"].clone(), rtt["p99_us"].clone());
         println!(
             "ctsync:     sync datagram sent -> acknowledged by fw2 (upper bound of the time to \
              reach the backup), µs: p50 {}, p99 {}, p99.9 {}, max {} over {} datagrams",
             rtt["p50_us"], rtt["p99_us"], rtt["p999_us"], rtt["max_us"], rtt["count"]
         );
-        r
-    };
-    let conntrackd = {
+        Ok((r, ack))
+    })?;
+    let conntrackd = progress.step("events conntrackd", || {
         let dir =
             std::env::temp_dir().join(format!("ctsync-bench-conntrackd-{}", std::process::id()));
         let r = (|| {
@@ -178,8 +207,8 @@ fn events(lab: &Lab, entries: u32, report: &mut Report) -> Result<()> {
              {} of {} entries replicated after the create burst",
             r.us_per_event[0], r.us_per_event[1], r.events, r.offered_rate, r.replicated, entries
         );
-        r
-    };
+        Ok(r)
+    })?;
     println!(
         "ratio ctsync/conntrackd (lower is better): primary {:.2}x, backup {:.2}x. \
          Targets: primary at most 1.2 µs/event; backup 0.2 µs/record needs the XDP path (open issue).",
