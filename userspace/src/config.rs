@@ -94,8 +94,9 @@ pub struct Sync {
     /// socket). With XDP, replicated records land in a BPF map without
     /// waking the agent.
     pub xdp: XdpMode,
-    /// Most entries the XDP external cache holds (memory grows with use; a
-    /// full map is counted and logged).
+    /// Most entries the XDP external cache holds: size it at or above
+    /// `nf_conntrack_max` of the peer. Preallocated, about 280 bytes per
+    /// entry (72 MiB for the default); a full map is counted and logged.
     pub xdp_map_entries: u32,
     /// bpffs directory where the XDP external cache is pinned, so that it
     /// outlives an agent restart. Empty: `/sys/fs/bpf/ctsync/net<inode of
@@ -123,7 +124,7 @@ impl Default for Sync {
             window: 16384,
             startup_resync: true,
             xdp: XdpMode::Native,
-            xdp_map_entries: 1 << 20,
+            xdp_map_entries: 1 << 18,
             xdp_pin_dir: PathBuf::new(),
         }
     }

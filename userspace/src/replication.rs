@@ -62,6 +62,10 @@ pub struct ReplicationStats {
 
 /// The peer counts as gone after this long without a datagram from it.
 const PEER_SILENCE: std::time::Duration = std::time::Duration::from_secs(3);
+/// While XDP reports flow, read its ring buffer this often...
+const SEEN_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// ...for this long after the last one.
+const SEEN_POLL_FOR: std::time::Duration = std::time::Duration::from_millis(100);
 /// Tombstones guard against late datagrams for this long (seconds).
 const TOMBSTONE_TTL: u32 = 60;
 
@@ -74,6 +78,10 @@ pub struct Replication {
     xdp: Option<XdpReceive>,
     /// Why the XDP receive path is not in use, when it isn't.
     xdp_off: Option<String>,
+    /// Poll XDP's ring buffer at this time (reports flowing)...
+    seen_poll_at: Option<Instant>,
+    /// ... until this long after the last one.
+    seen_until: Option<Instant>,
     tx: Vec<u8>,
     rx: Vec<u8>,
     started: Instant,
@@ -183,6 +191,8 @@ impl Replication {
             external,
             xdp,
             xdp_off,
+            seen_poll_at: None,
+            seen_until: None,
             tx: vec![0; 65536],
             rx: vec![0; 65536],
             started: now,
@@ -211,7 +221,7 @@ impl Replication {
     fn receive_seen(&mut self, now: Instant) {
         let Some(x) = &mut self.xdp else { return };
         let receiver = &mut self.receiver;
-        x.drain_seen(|r| {
+        let n = x.drain_seen(|r| {
             if r.failed > 0 {
                 tracing::warn!(
                     failed = r.failed,
@@ -222,6 +232,15 @@ impl Replication {
                 tracing::debug!("XDP report dropped: {e}");
             }
         });
+        // XDP wakes us at most every millisecond (see its `wake_flags`):
+        // while reports flow, look every millisecond ourselves.
+        if n > 0 {
+            self.seen_until = Some(now + SEEN_POLL_FOR);
+        }
+        self.seen_poll_at = match self.seen_until {
+            Some(t) if now < t => Some(now + SEEN_POLL),
+            _ => None,
+        };
     }
 
     /// Moves as many queued cache changes to the sender as its window takes;
@@ -268,16 +287,23 @@ impl Replication {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.seen_poll_at.is_some_and(|t| now >= t) {
+            self.receive_seen(now);
+        }
         self.sender.handle_timeout(now);
         self.receiver.handle_timeout(now);
     }
 
-    /// The next deadline of either half.
+    /// The next deadline of either half (or of the XDP report poll).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.sender.poll_timeout(), self.receiver.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.sender.poll_timeout(),
+            self.receiver.poll_timeout(),
+            self.seen_poll_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Sends what both halves have to send and acts on their events.

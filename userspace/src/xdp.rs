@@ -401,10 +401,17 @@ impl XdpReceive {
         for (name, v) in XDP_COUNTER_NAMES.iter().zip(c) {
             m.insert((*name).into(), v.into());
         }
+        // The kernel counts these only while kernel.bpf_stats_enabled = 1.
+        let info = self
+            ._ebpf
+            .program(x::PROG_XDP_RECEIVE)
+            .and_then(|p| p.info().ok());
         serde_json::json!({
             "links": self.links,
             "pin": self.pin_path,
             "counters": m,
+            "prog_run_ns": info.as_ref().map(|i| i.run_time().as_nanos() as u64),
+            "prog_runs": info.as_ref().map(|i| i.run_count()),
         })
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use xtask::{
-    agent::start_pair,
+    agent::start_pair_with,
     build,
     conntrackd::Conntrackd,
     exec,
@@ -241,10 +241,12 @@ pub fn run(
     // ctsync: fw2's agent asks fw1's for everything at start, then
     // `ctsync commit` on fw2 (the code path of `notify master`'s first step).
     let ctsync = progress.step("commit ctsync", || {
-        let (a1, a2) = start_pair(
+        // The XDP external cache must hold them all (with room to spare).
+        let (a1, a2) = start_pair_with(
             lab,
             &build::bin("ctsync"),
             &format!("bench-commit-{}", lab.prefix()),
+            &format!("xdp_map_entries = {}\n", wanted + wanted / 8 + 1024),
             "",
         )?;
         wait_for("ctsync's external cache on fw2", wanted, 300, || {
