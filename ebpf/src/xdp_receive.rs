@@ -9,11 +9,12 @@
 //! Verdicts, in order:
 //! - not IPv4/IPv6 UDP to the sync port, IP fragments, no config: pass;
 //! - from an address not in the peer map: drop (strangers);
-//! - bad magic, lengths, flags, record layout: drop (malformed);
+//! - bad magic, lengths, flags: drop (malformed);
 //! - another format version, a kind other than DATA, the MARKERS flag, a
 //!   node id or sender session the receiver doesn't follow: pass (the agent
 //!   decides and counts);
 //! - checksum mismatch: drop (corrupt; the receiver NACKs the gap);
+//! - bad record layout: drop (malformed), or bulk markers: pass;
 //! - data older than the last completed bulk: drop (superseded);
 //! - no room in the ring buffer: pass (the socket path handles it);
 //! - else: apply every record, report, drop.
@@ -211,10 +212,6 @@ fn receive(ctx: &XdpContext) -> Result<u32, u32> {
         count(XdpCounter::Passed);
         return Ok(XDP_PASS);
     }
-    if cfg.flags & flags::FLOOR != 0 && (seq.wrapping_sub(cfg.floor) as i32) < 0 {
-        count(XdpCounter::Superseded);
-        return Ok(XDP_DROP);
-    }
     match validate(scratch, records) {
         Ok(()) => {}
         Err(v) => {
@@ -225,6 +222,10 @@ fn receive(ctx: &XdpContext) -> Result<u32, u32> {
             });
             return Ok(v);
         }
+    }
+    if cfg.flags & flags::FLOOR != 0 && (seq.wrapping_sub(cfg.floor) as i32) < 0 {
+        count(XdpCounter::Superseded);
+        return Ok(XDP_DROP);
     }
     let Some(mut report) = SEEN.reserve::<SeenReport>(0) else {
         count(XdpCounter::ReportFull);

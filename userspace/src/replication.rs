@@ -481,6 +481,8 @@ impl Replication {
                 None => json!({ "off": self.xdp_off }),
             },
             "sender_connected": self.sender.is_connected(),
+            // The peer's sender session this receiver follows.
+            "peer_session": self.receiver.peer_session(),
         })
     }
 }
