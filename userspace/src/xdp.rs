@@ -72,6 +72,9 @@ pub struct LinkMode {
     pub fallback: Option<String>,
 }
 
+/// The external-cache map as the agent holds it.
+pub type ExternalMap = HashMap<MapData, Tuple, ExternalEntry>;
+
 pub struct XdpReceive {
     /// Owns the program and its links: dropping it detaches.
     _ebpf: Ebpf,
@@ -170,7 +173,7 @@ impl XdpReceive {
     pub fn open(
         cfg: &config::Sync,
         node: u32,
-    ) -> Result<(XdpReceive, HashMap<MapData, Tuple, ExternalEntry>, RawFd), XdpError> {
+    ) -> Result<(XdpReceive, ExternalMap, RawFd), XdpError> {
         let pin_dir = if cfg.xdp_pin_dir.as_os_str().is_empty() {
             default_pin_dir()
         } else {

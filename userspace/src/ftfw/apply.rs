@@ -23,7 +23,12 @@
 //!    bulk, so the primary no longer has it (it was destroyed while the two
 //!    were apart, or the DESTROY was dropped in a sender overflow): remove it.
 
-use ctsync_common::{CtExt, CtRecord, Tuple};
+// Rule 2 is `apply_rule`, shared with the XDP program, which applies it to
+// its map.
+use ctsync_common::{
+    CtExt, CtRecord, Tuple,
+    xdp::{Apply, apply_rule},
+};
 use hashbrown::HashMap;
 
 use super::DataRecord;
@@ -55,18 +60,6 @@ impl Purge {
     pub fn keeps(&self, stamp: &Stamp) -> bool {
         stamp.session == self.session && stamp.seq.wrapping_sub(self.from) < 1 << 31
     }
-}
-
-/// Rule 2: whether an incoming record (`stamp`, `version`) replaces a stored
-/// one. When it does not but the versions are equal, the stored stamp is
-/// refreshed (see [`ExternalTable::apply`]).
-pub fn supersedes(stored: &Stamp, stored_version: u64, incoming: &Stamp, version: u64) -> bool {
-    stored.session != incoming.session || version > stored_version
-}
-
-/// Serial-number "a is after b" for 32-bit sequence numbers.
-fn seq_after(a: u32, b: u32) -> bool {
-    a != b && a.wrapping_sub(b) < 1 << 31
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -126,18 +119,28 @@ impl ExternalTable {
                 true
             }
             Some(slot) => {
-                if supersedes(&slot.stamp, slot.version(), &stamp, version) {
-                    let was_live = matches!(slot.held, Held::Live(..));
-                    let is_live = matches!(held, Held::Live(..));
-                    self.live = self.live + usize::from(is_live) - usize::from(was_live);
-                    *slot = new;
-                    true
-                } else {
-                    if version == slot.version() && seq_after(stamp.seq, slot.stamp.seq) {
+                let rule = apply_rule(
+                    slot.stamp.session,
+                    slot.stamp.seq,
+                    slot.version(),
+                    stamp.session,
+                    stamp.seq,
+                    version,
+                );
+                match rule {
+                    Apply::Replace => {
+                        let was_live = matches!(slot.held, Held::Live(..));
+                        let is_live = matches!(held, Held::Live(..));
+                        self.live = self.live + usize::from(is_live) - usize::from(was_live);
+                        *slot = new;
+                        true
+                    }
+                    Apply::Refresh => {
                         slot.stamp = stamp;
                         slot.at = self.clock;
+                        false
                     }
-                    false
+                    Apply::Keep => false,
                 }
             }
         }
