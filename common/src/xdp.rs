@@ -20,6 +20,9 @@ pub const MAP_EXTERNAL: &str = "XDP_EXTERNAL";
 pub const MAP_SEEN: &str = "XDP_SEEN";
 /// Per-CPU array of u64 counters, indexed by [`XdpCounter`].
 pub const MAP_STATS: &str = "XDP_STATS";
+/// Ring buffer of the [`ExternalEntry`]s XDP changed, with `flags::MIRROR`
+/// (hot standby: the agent writes them into the kernel table).
+pub const MAP_CHANGES: &str = "XDP_CHANGES";
 /// Per-CPU scratch space for one datagram (array of 1 [`Scratch`]).
 pub const MAP_SCRATCH: &str = "XDP_SCRATCH";
 /// The XDP program's name in the object.
@@ -29,6 +32,9 @@ pub const MAX_PEERS: u32 = 64;
 /// Ring buffer bytes: room for about 10k reports (the agent drains it every
 /// loop turn; a report that finds it full leaves its datagram to the socket).
 pub const SEEN_RING_BYTES: u32 = 1 << 19;
+/// Changes ring bytes: about 40k entries (a change that finds it full is
+/// counted, and the agent rewrites the whole cache into the kernel).
+pub const CHANGES_RING_BYTES: u32 = 1 << 23;
 
 /// `XdpConfig::flags`.
 pub mod flags {
@@ -38,6 +44,8 @@ pub mod flags {
     pub const ACCEPT: u16 = 1 << 1;
     /// Data before `floor` (serial order) was superseded by a bulk: drop it.
     pub const FLOOR: u16 = 1 << 2;
+    /// Hot standby: copy every changed entry into the changes ring.
+    pub const MIRROR: u16 = 1 << 3;
 }
 
 /// The program's configuration (one entry of [`MAP_CONFIG`]), mirrored
@@ -128,6 +136,9 @@ pub struct Scratch {
     pub cursor: u32,
     pub verdict: u32,
     pub records: u32,
+    /// Non-zero: copy changed entries into the changes ring.
+    pub mirror: u32,
+    pub _pad: u32,
 }
 
 /// The program's counters (indexes into [`MAP_STATS`]).
@@ -155,9 +166,11 @@ pub enum XdpCounter {
     Superseded,
     /// Reports that found the ring buffer full (their datagram passed).
     ReportFull,
+    /// Changes that found the changes ring full (hot standby).
+    ChangesLost,
 }
 
-pub const XDP_COUNTERS: u32 = 10;
+pub const XDP_COUNTERS: u32 = 11;
 
 pub const XDP_COUNTER_NAMES: [&str; XDP_COUNTERS as usize] = [
     "datagrams",
@@ -170,6 +183,7 @@ pub const XDP_COUNTER_NAMES: [&str; XDP_COUNTERS as usize] = [
     "passed",
     "superseded",
     "report_full",
+    "changes_lost",
 ];
 
 /// What an incoming record does to the entry stored under its key.

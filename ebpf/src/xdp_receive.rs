@@ -40,8 +40,8 @@ use ctsync_common::{
     conntrack::{AF_INET, AF_INET6},
     wire::{self, MAX_DATA_RECORDS, MAX_DATAGRAM, rtype},
     xdp::{
-        Apply, ExternalEntry, MAX_PEERS, PeerAddr, SEEN_RING_BYTES, Scratch, SeenReport,
-        XDP_COUNTERS, XdpConfig, XdpCounter, apply_rule, entry_state, flags,
+        Apply, CHANGES_RING_BYTES, ExternalEntry, MAX_PEERS, PeerAddr, SEEN_RING_BYTES, Scratch,
+        SeenReport, XDP_COUNTERS, XdpConfig, XdpCounter, apply_rule, entry_state, flags,
     },
 };
 
@@ -58,6 +58,8 @@ static EXTERNAL: HashMap<Tuple, ExternalEntry> = HashMap::with_max_entries(1 << 
 static SEEN: RingBuf = RingBuf::with_byte_size(SEEN_RING_BYTES, 0);
 #[map(name = "XDP_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(XDP_COUNTERS, 0);
+#[map(name = "XDP_CHANGES")]
+static CHANGES: RingBuf = RingBuf::with_byte_size(CHANGES_RING_BYTES, 0);
 /// When XDP last woke the agent (`bpf_ktime_get_ns`).
 #[map(name = "XDP_WAKE")]
 static WAKE: Array<u64> = Array::with_max_entries(1, 0);
@@ -239,6 +241,8 @@ fn receive(ctx: &XdpContext) -> Result<u32, u32> {
     }
     r.applied = 0;
     r.failed = 0;
+    // In memory, not a register (see the module docs).
+    scratch.mirror = u32::from(cfg.flags & flags::MIRROR != 0);
     apply_all(scratch, session, seq, r);
     add(XdpCounter::Applied, u64::from(r.applied));
     add(XdpCounter::MapFull, u64::from(r.failed));
@@ -406,7 +410,22 @@ fn apply_all(scratch: &mut Scratch, session: u32, seq: u32, r: &mut SeenReport) 
     }
 }
 
+/// Hot standby: a copy of the changed entry for the agent to write into
+/// the kernel table. No wake-up: the seen report of the same datagram
+/// brings the agent.
 #[inline(always)]
+fn emit(e: &ExternalEntry) {
+    match CHANGES.reserve::<ExternalEntry>(0) {
+        Some(mut slot) => {
+            unsafe { core::ptr::copy_nonoverlapping(e, slot.as_mut_ptr(), 1) };
+            slot.submit(BPF_RB_NO_WAKEUP as u64);
+        }
+        None => count(XdpCounter::ChangesLost),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn apply_one(
     scratch: &mut Scratch,
     body: usize,
@@ -419,6 +438,7 @@ fn apply_one(
     if body >= MAX_WORDS {
         return;
     }
+    let mirror = unsafe { core::ptr::addr_of!(scratch.mirror).read_volatile() } != 0;
     // Derived from the whole scratch value: a record body may reach past
     // `words` into `entry` (never for a valid record, but the verifier checks
     // every access against the value's size), and the longest record (45
@@ -444,6 +464,9 @@ fn apply_one(
                 // the primary (the only writer's source) is gone.
                 fill(st, words, body, ty, version, session, seq, now);
                 r.applied += 1;
+                if mirror {
+                    emit(st);
+                }
             }
             Apply::Refresh => {
                 st.seq = seq;
@@ -465,6 +488,9 @@ fn apply_one(
     );
     if EXTERNAL.insert(key, &scratch.entry, 0).is_ok() {
         r.applied += 1;
+        if mirror {
+            emit(&scratch.entry);
+        }
     } else {
         r.failed += 1;
     }

@@ -81,6 +81,7 @@ pub struct XdpReceive {
     config: Array<MapData, XdpConfig>,
     peers: HashMap<MapData, PeerAddr, u8>,
     seen: RingBuf<MapData>,
+    changes: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
     current: XdpConfig,
     pub links: Vec<LinkMode>,
@@ -207,6 +208,8 @@ impl XdpReceive {
             HashMap::try_from(take(&mut ebpf, x::MAP_PEERS)?).map_err(map_err(x::MAP_PEERS))?;
         let seen =
             RingBuf::try_from(take(&mut ebpf, x::MAP_SEEN)?).map_err(map_err(x::MAP_SEEN))?;
+        let changes =
+            RingBuf::try_from(take(&mut ebpf, x::MAP_CHANGES)?).map_err(map_err(x::MAP_CHANGES))?;
         let stats =
             PerCpuArray::try_from(take(&mut ebpf, x::MAP_STATS)?).map_err(map_err(x::MAP_STATS))?;
         let current = XdpConfig {
@@ -220,6 +223,7 @@ impl XdpReceive {
             config,
             peers,
             seen,
+            changes,
             stats,
             current,
             links: vec![],
@@ -359,6 +363,36 @@ impl XdpReceive {
                 tracing::error!("updating the XDP config: {e}");
             }
         }
+    }
+
+    /// Hot standby: XDP copies every entry it changes into the changes ring.
+    pub fn set_mirror(&mut self, on: bool) {
+        let mut c = self.current;
+        if on {
+            c.flags |= x::flags::MIRROR;
+        } else {
+            c.flags &= !x::flags::MIRROR;
+        }
+        if c != self.current {
+            self.current = c;
+            if let Err(e) = self.write_config() {
+                tracing::error!("updating the XDP config: {e}");
+            }
+        }
+    }
+
+    /// Hands every changed entry waiting in the changes ring to `f`.
+    pub fn drain_changes(&mut self, mut f: impl FnMut(&ExternalEntry)) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.changes.next() {
+            if item.len() >= size_of::<ExternalEntry>() {
+                let e: ExternalEntry =
+                    bytemuck::pod_read_unaligned(&item[..size_of::<ExternalEntry>()]);
+                f(&e);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Only the peer node id (`None`: any) may author data XDP applies.
