@@ -148,6 +148,20 @@ pub struct Failover {
     /// `-t`): the other firewall carries the traffic now, and entries that
     /// no packet refreshes go away.
     pub purge_timeout: u32,
+    /// What the backup does with the peer's state: keep it in the external
+    /// cache and commit it at takeover (`external`), or also write it into
+    /// its own kernel table as it arrives, so that a takeover has nothing
+    /// to commit (`hot`). Switchable by reload.
+    pub standby: Standby,
+}
+
+/// `failover.standby`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Standby {
+    #[default]
+    External,
+    Hot,
 }
 
 impl Default for Failover {
@@ -156,6 +170,7 @@ impl Default for Failover {
             tcp_be_liberal: true,
             commit_min_timeout: 60,
             purge_timeout: 60,
+            standby: Standby::External,
         }
     }
 }

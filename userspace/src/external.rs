@@ -47,11 +47,12 @@ impl External {
         }
     }
 
-    /// Removes what the bulk did not refresh; returns the live entries gone.
-    pub fn purge(&mut self, purge: &Purge) -> usize {
+    /// Removes what the bulk did not refresh; returns the live entries gone
+    /// and tells `gone` each one.
+    pub fn purge(&mut self, purge: &Purge, gone: impl FnMut(&Tuple)) -> usize {
         match self {
-            External::Memory(t) => t.purge(purge),
-            External::Map(m) => m.retain(|e| purge.keeps(&stamp(e))),
+            External::Memory(t) => t.purge_with(purge, gone),
+            External::Map(m) => m.retain_with(|e| purge.keeps(&stamp(e)), gone),
         }
     }
 
@@ -70,9 +71,7 @@ impl External {
     pub fn clear(&mut self) {
         match self {
             External::Memory(t) => t.clear(),
-            External::Map(m) => {
-                m.retain(|_| false);
-            }
+            External::Map(m) => m.clear(),
         }
     }
 
@@ -217,14 +216,35 @@ impl MapExternal {
     }
 
     /// Deletes the entries `keep` refuses; returns the live ones deleted.
-    pub fn retain(&mut self, mut keep: impl FnMut(&ExternalEntry) -> bool) -> usize {
-        let mut gone = 0;
+    pub fn retain(&mut self, keep: impl FnMut(&ExternalEntry) -> bool) -> usize {
+        self.retain_with(keep, |_| {})
+    }
+
+    /// [`MapExternal::retain`], telling `gone` each live entry deleted.
+    pub fn retain_with(
+        &mut self,
+        mut keep: impl FnMut(&ExternalEntry) -> bool,
+        mut gone: impl FnMut(&Tuple),
+    ) -> usize {
+        let mut n = 0;
         for (k, e) in self.entries_logged() {
             if !keep(&e) && self.map.remove(&k).is_ok() && e.state == entry_state::LIVE {
-                gone += 1;
+                n += 1;
+                gone(&k);
             }
         }
-        gone
+        n
+    }
+
+    /// Deletes everything, in batches.
+    pub fn clear(&mut self) {
+        let keys: Vec<Tuple> = self.entries_logged().into_iter().map(|(k, _)| k).collect();
+        for chunk in keys.chunks(BATCH) {
+            if let Err(e) = delete_batch(self.fd, chunk) {
+                tracing::error!("clearing the XDP external cache: {e}");
+                return;
+            }
+        }
     }
 
     /// As [`ExternalTable::expire`], by `CLOCK_MONOTONIC`.
@@ -269,6 +289,7 @@ struct BatchAttr {
 }
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries per batch call (more than any hash bucket holds).
 const BATCH: usize = 8192;
 
@@ -313,4 +334,36 @@ fn lookup_batch(fd: RawFd) -> io::Result<Vec<(Tuple, ExternalEntry)>> {
         token_in = token_out;
         first = false;
     }
+}
+
+/// Deletes `keys` with `BPF_MAP_DELETE_BATCH`. A key already gone stops a
+/// batch with ENOENT after `count` deletes: skip it and go on.
+fn delete_batch(fd: RawFd, mut keys: &[Tuple]) -> io::Result<()> {
+    while !keys.is_empty() {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: the attr points at `count` keys of the map's key size.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_DELETE_BATCH,
+                &raw mut attr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        if rc >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+        let done = (attr.count as usize).min(keys.len());
+        keys = &keys[(done + 1).min(keys.len())..];
+    }
+    Ok(())
 }

@@ -26,5 +26,6 @@ pub mod latency;
 pub mod metrics;
 pub mod nlsock;
 pub mod replication;
+pub mod standby;
 pub mod transport;
 pub mod xdp;

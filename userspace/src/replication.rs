@@ -11,12 +11,15 @@ use serde_json::json;
 
 use crate::{
     cache::{self, Cache, Change},
+    commit::CommitOptions,
     config,
+    ctwrite::{WriteError, Writer},
     external::{External, MapExternal},
     ftfw::{
         self, DataRecord, ExternalTable, Receiver, ReceiverConfig, ReceiverEvent, Sender,
         SenderConfig, SenderEvent, StateLookup,
     },
+    standby::{FLUSH_MAX, Mirror},
     transport::{LinkConfig, Transport, TransportError},
     xdp::XdpReceive,
 };
@@ -78,6 +81,10 @@ pub struct Replication {
     xdp: Option<XdpReceive>,
     /// Why the XDP receive path is not in use, when it isn't.
     xdp_off: Option<String>,
+    /// Hot standby: external-cache changes on their way into the kernel.
+    mirror: Option<Mirror>,
+    /// XDP's `changes_lost` counter as last seen.
+    changes_lost: u64,
     /// Poll XDP's ring buffer at this time (reports flowing)...
     seen_poll_at: Option<Instant>,
     /// ... until this long after the last one.
@@ -193,6 +200,8 @@ impl Replication {
             xdp_off,
             seen_poll_at: None,
             seen_until: None,
+            mirror: None,
+            changes_lost: 0,
             tx: vec![0; 65536],
             rx: vec![0; 65536],
             started: now,
@@ -220,6 +229,15 @@ impl Replication {
     /// Hands XDP's reports of the datagrams it applied to the receiver.
     fn receive_seen(&mut self, now: Instant) {
         let Some(x) = &mut self.xdp else { return };
+        if let Some(m) = &mut self.mirror {
+            x.drain_changes(|e| {
+                if e.state == ctsync_common::xdp::entry_state::LIVE {
+                    m.note_state(&e.record, (e.has_ext != 0).then_some(&e.ext), now);
+                } else {
+                    m.note_gone(&e.record.orig, now);
+                }
+            });
+        }
         let receiver = &mut self.receiver;
         let n = x.drain_seen(|r| {
             if r.failed > 0 {
@@ -296,10 +314,17 @@ impl Replication {
 
     /// The next deadline of either half (or of the XDP report poll).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // Changes left over from a full flush go out on the next turn.
+        let mirror_due = self
+            .mirror
+            .as_ref()
+            .filter(|m| !m.is_empty())
+            .map(|_| Instant::now());
         [
             self.sender.poll_timeout(),
             self.receiver.poll_timeout(),
             self.seen_poll_at,
+            mirror_due,
         ]
         .into_iter()
         .flatten()
@@ -355,6 +380,14 @@ impl Replication {
             ReceiverEvent::Record { stamp, record } => {
                 if self.external.apply(stamp, &record) {
                     self.stats.applied += 1;
+                    if let Some(m) = &mut self.mirror {
+                        match record {
+                            DataRecord::State { record, ext } => {
+                                m.note_state(&record, ext.as_ref(), Instant::now())
+                            }
+                            DataRecord::Destroy { key, .. } => m.note_gone(&key, Instant::now()),
+                        }
+                    }
                 }
             }
             ReceiverEvent::SessionStarted { previous, session } => {
@@ -371,7 +404,13 @@ impl Replication {
                 tracing::info!(bulk, "receiving a bulk send from the peer")
             }
             ReceiverEvent::BulkFinished { bulk, purge } => {
-                let purged = self.external.purge(&purge);
+                let mirror = &mut self.mirror;
+                let now = Instant::now();
+                let purged = self.external.purge(&purge, |k| {
+                    if let Some(m) = mirror {
+                        m.note_gone(k, now);
+                    }
+                });
                 self.stats.purged += purged as u64;
                 self.stats.bulks_received += 1;
                 tracing::info!(
@@ -418,6 +457,82 @@ impl Replication {
     /// Our data datagrams' round trips: sent → acknowledged by the peer.
     pub fn ack_rtt(&self) -> &hdrhistogram::Histogram<u64> {
         self.sender.ack_rtt()
+    }
+
+    /// Switches hot standby on (every external entry is queued for the
+    /// kernel table) or off (what is in the kernel stays and expires by its
+    /// timers; the external cache is committed at takeover again).
+    pub fn set_hot_standby(&mut self, on: bool) {
+        if on == self.mirror.is_some() {
+            return;
+        }
+        if on {
+            let mut m = Mirror::new();
+            m.note_all(self.external.remaining());
+            tracing::info!(
+                queued = m.len(),
+                "hot standby on: the peer's state goes into this node's kernel table as it arrives"
+            );
+            self.mirror = Some(m);
+        } else {
+            self.mirror = None;
+            tracing::info!("hot standby off: the peer's state stays in the external cache");
+        }
+        if let Some(x) = &mut self.xdp {
+            x.set_mirror(on);
+        }
+    }
+
+    pub fn hot_standby(&self) -> bool {
+        self.mirror.is_some()
+    }
+
+    /// Hot standby: changes not yet in the kernel table, and the age of the
+    /// oldest, ms.
+    pub fn mirror_lag(&self) -> (usize, f64) {
+        self.mirror
+            .as_ref()
+            .map_or((0, 0.0), |m| (m.len(), m.lag_ms(Instant::now())))
+    }
+
+    /// Hot standby: writes up to `max` waiting changes into the kernel
+    /// table (and rewrites everything if XDP lost changes).
+    pub fn flush_mirror(
+        &mut self,
+        w: &mut Writer,
+        opts: &CommitOptions,
+        max: usize,
+    ) -> Result<usize, WriteError> {
+        let Some(m) = &mut self.mirror else {
+            return Ok(0);
+        };
+        if let Some(x) = &self.xdp {
+            let lost = x.counters()[ctsync_common::xdp::XdpCounter::ChangesLost as usize];
+            if lost > self.changes_lost {
+                tracing::warn!(
+                    lost = lost - self.changes_lost,
+                    "hot standby: XDP's changes ring overflowed; rewriting the whole external \
+                     cache into the kernel table"
+                );
+                self.changes_lost = lost;
+                m.note_all(self.external.remaining());
+            }
+        }
+        m.flush(w, opts, max)
+    }
+
+    /// Hot standby: everything waiting, written now.
+    pub fn flush_mirror_all(
+        &mut self,
+        w: &mut Writer,
+        opts: &CommitOptions,
+    ) -> Result<usize, WriteError> {
+        self.receive_seen(Instant::now());
+        let mut n = 0;
+        while self.mirror.as_ref().is_some_and(|m| !m.is_empty()) {
+            n += self.flush_mirror(w, opts, FLUSH_MAX)?;
+        }
+        Ok(n)
     }
 
     /// Asks the peer to resend its whole internal cache.
@@ -483,6 +598,15 @@ impl Replication {
             "sender_connected": self.sender.is_connected(),
             // The peer's sender session this receiver follows.
             "peer_session": self.receiver.peer_session(),
+            "standby": match &self.mirror {
+                Some(m) => json!({
+                    "mode": "hot",
+                    "lag_entries": m.len(),
+                    "lag_ms": m.lag_ms(Instant::now()),
+                    "mirror": m.stats,
+                }),
+                None => json!({ "mode": "external" }),
+            },
         })
     }
 }

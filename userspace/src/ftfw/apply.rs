@@ -179,12 +179,18 @@ impl ExternalTable {
     /// Removes every entry and tombstone the purge does not keep; returns how
     /// many live entries went.
     pub fn purge(&mut self, purge: &Purge) -> usize {
+        self.purge_with(purge, |_| {})
+    }
+
+    /// [`ExternalTable::purge`], telling `gone` each live entry removed.
+    pub fn purge_with(&mut self, purge: &Purge, mut gone: impl FnMut(&Tuple)) -> usize {
         let before = self.live;
         let mut live = self.live;
-        self.map.retain(|_, slot| {
+        self.map.retain(|key, slot| {
             let keep = purge.keeps(&slot.stamp);
             if !keep && matches!(slot.held, Held::Live(..)) {
                 live -= 1;
+                gone(key);
             }
             keep
         });
