@@ -24,7 +24,7 @@ use tokio::{
 use crate::{
     cache::Cache,
     commit::{self, CommitOptions},
-    config::Config,
+    config::{Config, Standby},
     control::{CacheName, NotifyState, Reply, Request},
     ctwrite::{WriteError, Writer},
     display::EntryView,
@@ -32,6 +32,7 @@ use crate::{
     filter::Rules,
     latency,
     replication::Replication,
+    standby::{self, FLUSH_MAX},
     transport::TransportError,
 };
 
@@ -148,6 +149,8 @@ pub struct Agent {
     writer: Writer,
     /// What the last `notify` did.
     last_notify: Option<serde_json::Value>,
+    /// `notify master` in hot standby left the external cache to empty.
+    flush_external_later: bool,
     /// Durations of commits and of whole `notify` sequences, µs.
     commit_time: hdrhistogram::Histogram<u64>,
     notify_time: hdrhistogram::Histogram<u64>,
@@ -173,7 +176,9 @@ impl Agent {
             tracing::info!("no [[sync.links]] configured: replication is off");
             None
         } else {
-            Some(Replication::open(&config.sync, Instant::now())?)
+            let mut r = Replication::open(&config.sync, Instant::now())?;
+            r.set_hot_standby(config.failover.standby == Standby::Hot);
+            Some(r)
         };
         Ok(Agent {
             config,
@@ -183,6 +188,7 @@ impl Agent {
             repl,
             writer,
             last_notify: None,
+            flush_external_later: false,
             commit_time: latency::histogram(),
             notify_time: latency::histogram(),
             notify_step_time: Default::default(),
@@ -268,6 +274,15 @@ impl Agent {
         .collect();
         if !needs_restart.is_empty() {
             tracing::warn!(keys = ?needs_restart, "these settings change only at restart");
+        }
+        if new.failover != self.config.failover {
+            if new.failover.standby != self.config.failover.standby
+                && let Some(r) = &mut self.repl
+            {
+                r.set_hot_standby(new.failover.standby == Standby::Hot);
+            }
+            self.config.failover = new.failover.clone();
+            changed.push("failover");
         }
         let filter = new.filter.clone();
         self.config.filter = filter;
@@ -369,10 +384,7 @@ impl Agent {
     /// and whatever else changed.
     fn commit(&mut self) -> Result<commit::CommitReport, String> {
         let repl = self.repl.as_ref().ok_or(NO_SYNC)?;
-        let opts = CommitOptions {
-            tcp_be_liberal: self.config.failover.tcp_be_liberal,
-            min_timeout: self.config.failover.commit_min_timeout,
-        };
+        let opts = commit_options(&self.config);
         self.source
             .pause(&mut self.cache)
             .map_err(|e| e.to_string())?;
@@ -444,6 +456,82 @@ impl Agent {
         Ok(r)
     }
 
+    /// `notify master` in hot standby: the kernel table already holds the
+    /// peer's state. Write what is still queued, check a sample, commit
+    /// what may have expired here while alive on the peer, take the
+    /// external cache into the internal one (it is what the kernel holds
+    /// now, and the mirror's writes raised no events here), then go on as
+    /// the primary.
+    fn notify_master_hot(
+        &mut self,
+        step: &mut impl FnMut(&str, Instant, Result<serde_json::Value, String>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let opts = commit_options(&self.config);
+        let t = Instant::now();
+        let repl = self.repl.as_mut().ok_or(NO_SYNC)?;
+        let lag = repl.mirror_lag();
+        let r = repl
+            .flush_mirror_all(&mut self.writer, &opts)
+            .map(|n| json!({ "written": n, "lag_entries": lag.0, "lag_ms": lag.1 }))
+            .map_err(|e| e.to_string());
+        step("mirror_flush", t, r)?;
+        let t = Instant::now();
+        let entries = repl.external().remaining();
+        // Entries whose replicated timeout ran out: a flow that stays busy
+        // without state changes sends no update, so its copy here may have
+        // expired while the peer still had it.
+        let stale: Vec<_> = entries
+            .iter()
+            .filter(|(r, _)| r.timeout <= STALE_TIMEOUT)
+            .copied()
+            .collect();
+        let sample: Vec<_> = entries
+            .iter()
+            .step_by((entries.len() / VERIFY_SAMPLE).max(1))
+            .filter(|(r, _)| r.timeout > STALE_TIMEOUT)
+            .map(|(r, _)| r.orig)
+            .collect();
+        let missing = standby::missing_in_kernel(&mut self.writer, &sample)
+            .map_err(|e| format!("checking the kernel table: {e}"))?;
+        step(
+            "verify",
+            t,
+            Ok(json!({ "sampled": sample.len(), "missing": missing, "stale": stale.len() })),
+        )?;
+        let t = Instant::now();
+        let r = if missing > 0 {
+            tracing::warn!(
+                missing,
+                sampled = sample.len(),
+                "hot standby: the kernel table lacks sampled entries; committing everything"
+            );
+            self.commit().map(|r| json!(r))
+        } else {
+            commit::commit(&mut self.writer, stale.into_iter(), &opts)
+                .map(|r| json!(r))
+                .map_err(|e| format!("commit failed: {e}"))
+        };
+        step("commit_difference", t, r)?;
+        let t = Instant::now();
+        for (r, e) in &entries {
+            self.cache.upsert(r, e.as_ref());
+        }
+        step("adopt_external", t, Ok(json!({ "entries": entries.len() })))?;
+        // Emptying a large map takes a while and holds up nothing: after
+        // the answer (see `after_input`).
+        self.flush_external_later = true;
+        step(
+            "flush_external",
+            Instant::now(),
+            Ok(json!({ "deferred": entries.len() })),
+        )?;
+        let t = Instant::now();
+        let repl = self.repl.as_mut().ok_or(NO_SYNC)?;
+        repl.start_bulk();
+        step("bulk_send", t, Ok(json!({ "entries": self.cache.len() })))?;
+        Ok(())
+    }
+
     /// Every step of a state change, in order; each step's result and
     /// duration go into the answer (and the log). A step that fails stops
     /// the sequence: the answer says which.
@@ -493,6 +581,9 @@ impl Agent {
             Ok::<(), String>(())
         };
         match state {
+            NotifyState::Master if self.repl.as_ref().is_some_and(Replication::hot_standby) => {
+                self.notify_master_hot(&mut step)?;
+            }
             NotifyState::Master => {
                 let t = Instant::now();
                 let r = self.commit().map(|r| json!(r));
@@ -559,6 +650,11 @@ impl Agent {
     /// Hands queued changes to the sender and sends what is due; without
     /// replication, drops them so that tombstones don't pile up.
     fn after_input(&mut self) {
+        if std::mem::take(&mut self.flush_external_later)
+            && let Err(e) = self.flush(CacheName::External)
+        {
+            tracing::error!("flushing the external cache: {e}");
+        }
         match &mut self.repl {
             Some(r) => {
                 // Whatever the input queued (events, a resync) entered the
@@ -566,6 +662,12 @@ impl Agent {
                 let now = Instant::now();
                 r.note_read(&self.cache, now);
                 r.flush(now, &mut self.cache);
+                if r.hot_standby() {
+                    let opts = commit_options(&self.config);
+                    if let Err(e) = r.flush_mirror(&mut self.writer, &opts, FLUSH_MAX) {
+                        tracing::error!("hot standby: writing into the kernel table: {e}");
+                    }
+                }
             }
             None => {
                 self.cache.drain_changes(usize::MAX, |_| {});
@@ -681,6 +783,20 @@ impl Agent {
         Ok(())
     }
 }
+
+/// The commit's settings from the config.
+fn commit_options(c: &Config) -> CommitOptions {
+    CommitOptions {
+        tcp_be_liberal: c.failover.tcp_be_liberal,
+        min_timeout: c.failover.commit_min_timeout,
+    }
+}
+
+/// Hot standby's `notify master`: entries with at most this many seconds
+/// left are committed again (they may have expired here).
+const STALE_TIMEOUT: u32 = 2;
+/// ...and this many others are looked up in the kernel table.
+const VERIFY_SAMPLE: usize = 256;
 
 const NO_SYNC: &str = "replication is off: configure [[sync.links]] to sync with a peer";
 
