@@ -195,3 +195,16 @@ pub fn fail_fw1(lab: &Lab, k1: &mut Keepalived, k2: &Keepalived) -> Result<Durat
         .with_context(|| format!("keepalived on fw2:\n{}", k2.log()))?;
     Ok(t0.elapsed())
 }
+
+/// fw1's keepalived is stopped (SIGTERM: it says goodbye with a priority-0
+/// advertisement, as at a planned switch-over); fw1 stays up. Returns when
+/// fw2 holds every address, with the time that took.
+pub fn stop_fw1(lab: &Lab, k1: &mut Keepalived, k2: &Keepalived) -> Result<Duration> {
+    let t0 = Instant::now();
+    // SAFETY: plain syscall on our own child.
+    unsafe { libc::kill(k1.child.id() as i32, libc::SIGTERM) };
+    let _ = k1.child.wait();
+    wait_master(lab, Fw::Fw2, Duration::from_secs(10))
+        .with_context(|| format!("keepalived on fw2:\n{}", k2.log()))?;
+    Ok(t0.elapsed())
+}

@@ -424,6 +424,25 @@ impl Lab {
         }
     }
 
+    /// Forwarded packets `fw` has dropped since the lab came up: as invalid
+    /// (conntrack could not place them in a connection), and by the policy
+    /// (new connections not from the LAN, e.g. a reply whose entry is missing).
+    pub fn dropped(&self, fw: Fw) -> Result<Dropped> {
+        let packets = |name: &str| -> Result<u64> {
+            let out = self.exec(fw, &["nft", "list", "counter", "inet", "ctsync_lab", name])?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.split_whitespace()
+                .skip_while(|w| *w != "packets")
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("no packet count in `nft list counter {name}`: {text}"))
+        };
+        Ok(Dropped {
+            invalid: packets("invalid")?,
+            unmatched: packets("unmatched")?,
+        })
+    }
+
     /// A human-readable report: namespaces, interfaces with their addresses,
     /// processes running in them, and who holds the virtual addresses.
     pub fn status(&self) -> Result<String> {
@@ -691,15 +710,27 @@ impl Drop for Lab {
     }
 }
 
+/// Packets a firewall dropped (see [`Lab::dropped`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub invalid: u64,
+    pub unmatched: u64,
+}
+
 /// The firewalls' nftables ruleset (see the module documentation).
 pub const FW_RULESET: &str = r#"
 table inet ctsync_lab {
+    # What the firewall drops, for the failover tests (see Lab::dropped).
+    counter invalid {}
+    counter unmatched {}
     chain forward {
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
-        ct state invalid drop
+        ct state invalid counter name "invalid" drop
         # New connections only from the LAN to the WAN (ping included).
         iifname "lan0" oifname "wan0" accept
+        # Anything else: dropped by the policy.
+        counter name "unmatched"
     }
     chain input {
         # Sync traffic and VRRP.

@@ -25,4 +25,5 @@ pub mod exec;
 pub mod keepalived;
 pub mod lab;
 pub mod setup;
+pub mod sysctl;
 pub mod traffic;

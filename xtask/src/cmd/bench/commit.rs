@@ -17,36 +17,12 @@ use xtask::{
     lab::{Fw, Lab},
 };
 
+use xtask::sysctl::{CONNTRACK_MAX, HASHSIZE, Raised};
+
 use super::{
     plot::{self, Bar, BarChart},
     progress::Progress,
 };
-
-const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
-const HASHSIZE: &str = "/sys/module/nf_conntrack/parameters/hashsize";
-
-/// A kernel setting (conntrack's limit and hash size apply to every
-/// namespace) raised for the run and put back on drop.
-struct Raised {
-    path: &'static str,
-    old: String,
-}
-
-impl Raised {
-    fn at_least(path: &'static str, n: u64) -> Result<Raised> {
-        let old = std::fs::read_to_string(path).context(path)?;
-        if old.trim().parse::<u64>().context(path)? < n {
-            std::fs::write(path, n.to_string()).context(path)?;
-        }
-        Ok(Raised { path, old })
-    }
-}
-
-impl Drop for Raised {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.path, self.old.trim());
-    }
-}
 
 /// ctgen's arguments for the `n` entries every contender writes.
 fn spec(n: &str) -> Vec<&str> {
