@@ -446,6 +446,9 @@ fn without_ctsync_the_same_failover_kills_tcp_connections() {
     std::thread::sleep(Duration::from_secs(4));
     let reports = traffic.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    // fw2's drop counters see it (the hot-standby tests rely on them).
+    let dropped = lab.dropped(Fw::Fw2).unwrap();
+    assert!(dropped.invalid > 0, "{dropped:?}");
     for r in &reports {
         let tcp = &r["tcp"];
         assert_eq!(tcp["opened"], LOAD.tcp, "{r}");
