@@ -167,17 +167,13 @@ impl Mirror {
         if !deletes.is_empty() {
             let mut missing = 0;
             let mut refused = Vec::new();
-            w.write(
-                &deletes,
-                |buf, req, k| encode::delete(buf, req, k),
-                |_, errno| {
-                    if errno == libc::ENOENT {
-                        missing += 1;
-                    } else {
-                        refused.push(errno);
-                    }
-                },
-            )?;
+            w.write(&deletes, encode::delete, |_, errno| {
+                if errno == libc::ENOENT {
+                    missing += 1;
+                } else {
+                    refused.push(errno);
+                }
+            })?;
             self.stats.deleted += (deletes.len() - missing - refused.len()) as u64;
             self.stats.delete_missing += missing as u64;
             self.stats.failed += refused.len() as u64;
@@ -193,15 +189,11 @@ impl Mirror {
 /// the hot standby's table is current).
 pub fn missing_in_kernel(w: &mut Writer, keys: &[Tuple]) -> Result<usize, WriteError> {
     let mut missing = 0;
-    w.write(
-        keys,
-        |buf, req, k| encode::get(buf, req, k),
-        |_, errno| {
-            if errno == libc::ENOENT {
-                missing += 1;
-            }
-        },
-    )?;
+    w.write(keys, encode::get, |_, errno| {
+        if errno == libc::ENOENT {
+            missing += 1;
+        }
+    })?;
     Ok(missing)
 }
 

@@ -22,10 +22,15 @@ impl Conntrackd {
     /// Starts conntrackd on `fw` with [`config`], its files in `dir/<fw>`,
     /// and fails if it exits within its first two seconds.
     pub fn start(lab: &Lab, fw: Fw, dir: &Path) -> Result<Conntrackd> {
+        Conntrackd::start_with(lab, fw, dir, Backup::ExternalCache)
+    }
+
+    /// [`Conntrackd::start`], keeping the peer's state as `backup` says.
+    pub fn start_with(lab: &Lab, fw: Fw, dir: &Path, backup: Backup) -> Result<Conntrackd> {
         let dir = dir.join(format!("conntrackd-{fw}"));
         std::fs::create_dir_all(&dir)?;
         let cfg = dir.join("conntrackd.conf");
-        std::fs::write(&cfg, config(&dir, fw))?;
+        std::fs::write(&cfg, config(&dir, fw, backup))?;
         let child = lab
             .command(fw.node(), &["conntrackd", "-C", path_str(&cfg)?])
             .stdout(Stdio::null())
@@ -97,16 +102,29 @@ fn path_str(p: &Path) -> Result<&str> {
     p.to_str().context("temporary path is not UTF-8")
 }
 
+/// Where a conntrackd backup keeps the peer's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backup {
+    /// In its external cache, committed at takeover (the default).
+    ExternalCache,
+    /// Straight in the kernel table (`DisableExternalCache on`).
+    KernelTable,
+}
+
 /// conntrackd as Debian ships it, FT-FW over UDP on the first sync link
 /// towards the other firewall, with buffers and hash sized for a million
 /// entries.
-pub fn config(dir: &Path, fw: Fw) -> String {
+pub fn config(dir: &Path, fw: Fw, backup: Backup) -> String {
     let d = dir.display();
     let (me, peer) = (fw.sync_v4(0), fw.other().sync_v4(0));
+    let disable = match backup {
+        Backup::ExternalCache => "",
+        Backup::KernelTable => "        DisableExternalCache on\n",
+    };
     format!(
         r#"Sync {{
     Mode FTFW {{
-    }}
+{disable}    }}
     UDP {{
         IPv4_address {me}
         IPv4_Destination_Address {peer}

@@ -6,13 +6,14 @@
 //!   the sync link) each run alone on fw1 while `ctgen` creates and then
 //!   deletes the same entries; their CPU time per event is read from
 //!   /proc/PID/stat and reported as a ratio.
-//! - latency, zero-loss rate and commit: see their modules.
+//! - latency, zero-loss rate, commit and failover: see their modules.
 //!
 //! Progress goes to stderr, one numbered line per step (`progress`); the
 //! measurements to stdout; the report and its SVG charts (`plot`) to
 //! `target/bench-results/`.
 
 mod commit;
+mod failover;
 mod latency;
 mod plot;
 mod progress;
@@ -28,7 +29,7 @@ use anyhow::{Context, Result};
 use xtask::{
     agent::start_pair_with,
     build,
-    conntrackd::Conntrackd,
+    conntrackd::{Backup, Conntrackd},
     exec,
     lab::{Fw, Lab, LabOptions, Node},
     setup,
@@ -68,6 +69,8 @@ enum Part {
     Zeroloss,
     /// Commit of a replicated table, both daemons, against the kernel's ceiling.
     Commit,
+    /// Data gaps of live connections at failover, in each standby mode.
+    Failover,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -91,16 +94,18 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         &[50_000, 100_000, 150_000, 0]
     };
+    let failover_tcp = if args.quick { 1000 } else { 5000 };
     let lab_parts = [Part::Events, Part::Latency, Part::Zeroloss, Part::Commit];
     let needs_lab = lab_parts.into_iter().any(part);
     // The steps, counted before the first one runs.
     let steps = [
         (part(Part::Decode), 1),
         (needs_lab, 2), // lab up, lab down
-        (part(Part::Events), 3),
+        (part(Part::Events), 5),
         (part(Part::Latency), latency::steps(latency_rates)),
         (part(Part::Zeroloss), zeroloss::steps(zeroloss_rates)),
         (part(Part::Commit), commit::STEPS),
+        (part(Part::Failover), failover::STEPS),
     ];
     let mut progress = Progress::new(steps.iter().filter(|s| s.0).map(|s| s.1).sum());
     let mut report = Report::default();
@@ -127,6 +132,10 @@ pub fn run(args: Args) -> Result<()> {
             commit::run(&lab, commit_entries, &mut report, &mut progress)?;
         }
         progress.step("lab down", || lab.down())?;
+    }
+    // Its own labs: a failover leaves fw1's links cut.
+    if part(Part::Failover) {
+        failover::run(failover_tcp, &mut report, &mut progress)?;
     }
     progress.finish();
     let (path, charts) = report.write("ctsync vs conntrackd: cargo xtask bench")?;
@@ -158,32 +167,22 @@ fn events(lab: &Lab, entries: u32, report: &mut Report, progress: &mut Progress)
     // process is charged for); the kernel measures it only while asked to.
     let bpf_stats = BpfStats::enable()?;
     let (xdp, (ack_p50, ack_p99)) = progress.step("events ctsync, XDP receive", || {
-        ctsync_events(lab, entries, "native")
+        ctsync_events(lab, entries, "native", Standby::External)
     })?;
     let (socket, _) = progress.step("events ctsync, socket receive", || {
-        ctsync_events(lab, entries, "off")
+        ctsync_events(lab, entries, "off", Standby::External)
+    })?;
+    let (hot, _) = progress.step("events ctsync, XDP receive, hot standby", || {
+        ctsync_events(lab, entries, "native", Standby::Hot)
     })?;
     drop(bpf_stats);
     // The XDP run is ctsync's default.
     let ctsync = &xdp;
     let conntrackd = progress.step("events conntrackd", || {
-        let dir =
-            std::env::temp_dir().join(format!("ctsync-bench-conntrackd-{}", std::process::id()));
-        let r = (|| {
-            let c1 = Conntrackd::start(lab, Fw::Fw1, &dir)?;
-            let c2 = Conntrackd::start(lab, Fw::Fw2, &dir)?;
-            measure(lab, &[c1.pid(), c2.pid()], entries, || {
-                c2.external_entries(lab)
-            })
-        })();
-        let _ = std::fs::remove_dir_all(&dir);
-        let r = r?;
-        println!(
-            "conntrackd: primary {:.2} µs/event, backup {:.2} µs/event over {} events ({:.0}/s offered); \
-             {} of {} entries replicated after the create burst",
-            r.us_per_event[0], r.us_per_event[1], r.events, r.offered_rate, r.replicated, entries
-        );
-        Ok(r)
+        conntrackd_events(lab, entries, Backup::ExternalCache)
+    })?;
+    let conntrackd_kernel = progress.step("events conntrackd, DisableExternalCache on", || {
+        conntrackd_events(lab, entries, Backup::KernelTable)
     })?;
     println!(
         "ratio ctsync/conntrackd (lower is better): primary {:.2}x; backup with XDP {:.2}x, \
@@ -213,6 +212,40 @@ fn events(lab: &Lab, entries: u32, report: &mut Report, progress: &mut Progress)
             ),
         );
     }
+    // Hot standby against conntrackd writing straight into its kernel table.
+    println!(
+        "hot standby: backup {:.2} µs/event (external-cache mode {:.2}); conntrackd with \
+         DisableExternalCache on {:.2} µs/event: ratio {:.2}x",
+        hot.us_per_event[1],
+        xdp.us_per_event[1],
+        conntrackd_kernel.us_per_event[1],
+        hot.us_per_event[1] / conntrackd_kernel.us_per_event[1]
+    );
+    report.row(
+        &format!(
+            "backup CPU per event, kernel table kept current ({} events; ctsync hot standby vs \
+             conntrackd DisableExternalCache on)",
+            hot.events
+        ),
+        format!(
+            "{:.2} µs ({:.1}x its external-cache mode)",
+            hot.us_per_event[1],
+            hot.us_per_event[1] / xdp.us_per_event[1]
+        ),
+        format!("{:.2} µs", conntrackd_kernel.us_per_event[1]),
+        format!(
+            "{:.2}x",
+            hot.us_per_event[1] / conntrackd_kernel.us_per_event[1]
+        ),
+    );
+    report.row(
+        &format!(
+            "entries in the backup's kernel table after a {entries}-entry create burst (kept current)"
+        ),
+        hot.replicated.to_string(),
+        conntrackd_kernel.replicated.to_string(),
+        "all".into(),
+    );
     report.row(
         &format!("entries on the backup after a {entries}-entry create burst"),
         format!(
@@ -232,6 +265,28 @@ fn events(lab: &Lab, entries: u32, report: &mut Report, progress: &mut Progress)
         "p99 < 0.3 ms at 50k/s (not this load)".into(),
     );
     Ok(())
+}
+
+/// A conntrackd pair under the events load, the backup keeping the peer's
+/// state as `backup` says.
+fn conntrackd_events(lab: &Lab, entries: u32, backup: Backup) -> Result<Measured> {
+    let dir = std::env::temp_dir().join(format!("ctsync-bench-conntrackd-{}", std::process::id()));
+    let r = (|| {
+        let c1 = Conntrackd::start_with(lab, Fw::Fw1, &dir, backup)?;
+        let c2 = Conntrackd::start_with(lab, Fw::Fw2, &dir, backup)?;
+        measure(lab, &[c1.pid(), c2.pid()], entries, || match backup {
+            Backup::ExternalCache => c2.external_entries(lab),
+            Backup::KernelTable => kernel_count(lab, Fw::Fw2),
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = r?;
+    println!(
+        "conntrackd ({backup:?}): primary {:.2} µs/event, backup {:.2} µs/event over {} events \
+         ({:.0}/s offered); {} of {} entries replicated after the create burst",
+        r.us_per_event[0], r.us_per_event[1], r.events, r.offered_rate, r.replicated, entries
+    );
+    Ok(r)
 }
 
 /// `kernel.bpf_stats_enabled` on for as long as this lives (global: it
@@ -262,13 +317,18 @@ fn ctsync_events(
     lab: &Lab,
     entries: u32,
     xdp: &str,
+    standby: Standby,
 ) -> Result<(Measured, (serde_json::Value, serde_json::Value))> {
+    let failover = match standby {
+        Standby::External => "",
+        Standby::Hot => "[failover]\nstandby = \"hot\"\n",
+    };
     let (fw1, fw2) = start_pair_with(
         lab,
         &build::bin("ctsync"),
         &format!("bench-{}", lab.prefix()),
         &format!("xdp = \"{xdp}\"\n"),
-        "",
+        failover,
     )?;
     let prog_ns = |a: &xtask::agent::AgentProcess| -> Result<u64> {
         Ok(a.stats()?["sync"]["xdp"]["prog_run_ns"]
@@ -276,9 +336,15 @@ fn ctsync_events(
             .unwrap_or(0))
     };
     let before = [prog_ns(&fw1)?, prog_ns(&fw2)?];
-    let mut r = measure(lab, &[fw1.child.id(), fw2.child.id()], entries, || {
-        Ok(fw2.dump("external")?.len())
-    })?;
+    let mut r = measure(
+        lab,
+        &[fw1.child.id(), fw2.child.id()],
+        entries,
+        || match standby {
+            Standby::External => Ok(fw2.dump("external")?.len()),
+            Standby::Hot => kernel_count(lab, Fw::Fw2),
+        },
+    )?;
     let after = [prog_ns(&fw1)?, prog_ns(&fw2)?];
     let mut in_xdp = [0.0; 2];
     for i in 0..2 {
@@ -287,7 +353,7 @@ fn ctsync_events(
     }
     let (s1, s2) = (fw1.stats()?, fw2.stats()?);
     println!(
-        "ctsync (xdp = {xdp}): primary {:.2} µs/event, backup {:.2} µs/event (of which in the XDP \
+        "ctsync (xdp = {xdp}, {standby:?} standby): primary {:.2} µs/event, backup {:.2} µs/event (of which in the XDP \
          program: {:.3} / {:.3}) over {} events ({:.0}/s offered); {} of {} entries replicated \
          after the create burst; overruns {}, retransmits {}, backup external cache {} entries \
          after the deletes",
@@ -312,6 +378,21 @@ fn ctsync_events(
         rtt["p50_us"], rtt["p99_us"], rtt["p999_us"], rtt["max_us"], rtt["count"]
     );
     Ok((r, ack))
+}
+
+/// Entries in `fw`'s kernel table.
+fn kernel_count(lab: &Lab, fw: Fw) -> Result<usize> {
+    let out = exec::stdout(&mut lab.command(fw.node(), &["conntrack", "-C"]))?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("`conntrack -C` printed {out:?}"))
+}
+
+/// Which standby mode a ctsync pair runs in.
+#[derive(Clone, Copy, Debug)]
+enum Standby {
+    External,
+    Hot,
 }
 
 /// Runs `ctgen <args>` in `fw`'s namespace; returns how long it took.
