@@ -69,6 +69,7 @@ fn mirror(agent: &AgentProcess) -> serde_json::Value {
 #[test]
 fn hot_standby_table_equals_the_primary_after_a_1m_burst() {
     const N: u64 = 1_000_000;
+    let _serial = support::one_at_a_time();
     // Both namespaces' copies in the global table, and a hash to match.
     let _max = Raised::at_least(xtask::sysctl::CONNTRACK_MAX, 2 * N + 200_000).unwrap();
     let _hash = Raised::at_least(xtask::sysctl::HASHSIZE, 1 << 20).unwrap();
@@ -107,6 +108,7 @@ fn hot_standby_table_equals_the_primary_after_a_1m_burst() {
 
 #[test]
 fn deletes_and_expiry_reach_the_hot_standby_and_modes_switch_at_run_time() {
+    let _serial = support::one_at_a_time();
     let lab = Lab::up(LabOptions::default()).expect("lab up");
     // Starts in external mode: the switch to hot must bring the table up
     // to date without a restart.
@@ -225,6 +227,7 @@ enum Trigger {
 }
 
 fn hot_failover(trigger: Trigger) {
+    let _serial = support::one_at_a_time();
     let lab = Lab::up(LabOptions {
         vips: false,
         ..LabOptions::default()
@@ -238,7 +241,12 @@ fn hot_failover(trigger: Trigger) {
         .unwrap_or_else(|e| panic!("{e:#}"));
     // Every connection is in fw2's kernel table before fw1 goes.
     let n = assert_tables_equal(&lab, 120);
-    assert!(n >= 2 * (LOAD.tcp + LOAD.udp) as usize, "{n}");
+    assert!(
+        n >= 2 * (LOAD.tcp + LOAD.udp) as usize,
+        "fw2 holds {n} entries, fewer than the {} connections (both families) \
+         fw1 carries: was the conntrack table full (nf_conntrack_max)?",
+        2 * (LOAD.tcp + LOAD.udp)
+    );
     let dropped_before = lab.dropped(Fw::Fw2).unwrap();
     let takeover = match trigger {
         Trigger::KeepalivedStopped => keepalived::stop_fw1(&lab, &mut k1, &k2),

@@ -5,6 +5,15 @@
 
 pub use xtask::{agent::AgentProcess, ctcompare::Entry};
 
+/// Runs the tests that take it one at a time. The conntrack table's limit
+/// and count are global across namespaces, so a test that fills it (a 1M
+/// burst) makes a concurrent test's connections fail to be tracked.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A failed test poisons the lock; the next one still runs.
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Moves the calling thread into a new, empty network namespace (with its
 /// own conntrack table). Children spawned from this thread inherit it.
 pub fn enter_private_netns() {
