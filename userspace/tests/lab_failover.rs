@@ -105,6 +105,7 @@ fn assert_same_sctp(
 /// restores tags through updates.
 #[test]
 fn commit_carries_sctp_verification_tags() {
+    let _serial = support::one_at_a_time();
     const V4: usize = 2000;
     const V6: usize = 1000;
     let lab = Lab::up(LabOptions::default()).expect("lab up");
@@ -233,6 +234,7 @@ fn commit_carries_sctp_verification_tags() {
 
 #[test]
 fn commit_writes_the_replicated_table_into_the_backup_kernel() {
+    let _serial = support::one_at_a_time();
     let lab = Lab::up(LabOptions::default()).expect("lab up");
     let (fw1, fw2) = agent_pair(&lab, "commit", "");
     let traffic = Traffic::start(
@@ -376,6 +378,8 @@ const LOAD: Load = Load {
 
 #[test]
 fn keepalived_failover_keeps_every_connection_alive() {
+    // Keepalived timing and TCP backoff: no other lab competes for CPU.
+    let _serial = support::one_at_a_time();
     let lab = Lab::up(LabOptions {
         vips: false,
         ..LabOptions::default()
@@ -431,6 +435,8 @@ fn keepalived_failover_keeps_every_connection_alive() {
 
 #[test]
 fn without_ctsync_the_same_failover_kills_tcp_connections() {
+    // Keepalived timing and TCP backoff: no other lab competes for CPU.
+    let _serial = support::one_at_a_time();
     let lab = Lab::up(LabOptions {
         vips: false,
         ..LabOptions::default()

@@ -74,7 +74,7 @@ fn hot_standby_table_equals_the_primary_after_a_1m_burst() {
     let _max = Raised::at_least(xtask::sysctl::CONNTRACK_MAX, 2 * N + 200_000).unwrap();
     let _hash = Raised::at_least(xtask::sysctl::HASHSIZE, 1 << 20).unwrap();
     let lab = Lab::up(LabOptions::default()).expect("lab up");
-    let (_fw1, fw2) = xtask::agent::start_pair_with(
+    let (mut fw1, mut fw2) = xtask::agent::start_pair_with(
         &lab,
         &support::ctsync_bin(),
         &format!("{}-hot1m", lab.prefix()),
@@ -104,6 +104,15 @@ fn hot_standby_table_equals_the_primary_after_a_1m_burst() {
     println!("fw2 hot standby after 1M: {m}");
     assert_eq!(m["mirror"]["failed"], 0, "{m}");
     assert!(m["mirror"]["created"].as_u64().unwrap() >= N, "{m}");
+    // Pay for the 2M entries here, not in the next test: a namespace's
+    // teardown frees its table in a kernel worker that starves whatever
+    // runs next of CPU (connections set up late, takeovers stall).
+    fw1.kill();
+    fw2.kill();
+    for fw in [Fw::Fw1, Fw::Fw2] {
+        let out = lab.exec(fw, &["conntrack", "-F"]).unwrap();
+        assert!(out.status.success(), "conntrack -F on {fw:?}: {out:?}");
+    }
 }
 
 #[test]
