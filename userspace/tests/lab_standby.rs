@@ -248,7 +248,13 @@ fn hot_failover(trigger: Trigger) {
             .unwrap_or_else(|e| panic!("{e:#}"));
     let traffic = Traffic::start(&lab, &workspace_bin("ctsync-traffic"), &fw1.dir, &LOAD)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    // Every connection is in fw2's kernel table before fw1 goes.
+    // Every connection is open (on a loaded machine setup takes seconds)
+    // and in fw2's kernel table before fw1 goes.
+    let want = 2 * (LOAD.tcp + LOAD.udp) as u64;
+    let open_by = Instant::now() + Duration::from_secs(60);
+    while count(&lab, Fw::Fw1) < want && Instant::now() < open_by {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let n = assert_tables_equal(&lab, 120);
     assert!(
         n >= 2 * (LOAD.tcp + LOAD.udp) as usize,
