@@ -49,6 +49,7 @@ fn cache_matches_kernel_after_real_tcp_udp_icmp_traffic_with_nat() {
             tcp: 40,
             udp: 20,
             interval_ms: 200,
+            drain_ms: Load::DRAIN_MS,
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}"));

@@ -245,6 +245,7 @@ fn commit_writes_the_replicated_table_into_the_backup_kernel() {
             tcp: 20,
             udp: 10,
             interval_ms: 200,
+            drain_ms: Load::DRAIN_MS,
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
@@ -374,6 +375,7 @@ const LOAD: Load = Load {
     tcp: 600,
     udp: 100,
     interval_ms: 200,
+    drain_ms: Load::FAILOVER_DRAIN_MS,
 };
 
 #[test]

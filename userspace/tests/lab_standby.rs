@@ -224,6 +224,7 @@ const LOAD: Load = Load {
     tcp: 5000,
     udp: 250,
     interval_ms: 200,
+    drain_ms: Load::FAILOVER_DRAIN_MS,
 };
 
 /// Seconds of traffic after `notify master`, before the final probes.
@@ -275,8 +276,9 @@ fn hot_failover(trigger: Trigger) {
         .wait_notify("master", Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e:#}"));
     // Segments lost while the addresses moved are resent on TCP's
-    // retransmission timer, which backs off (0.2, 0.6, 1.4, 3, 6.2, 12.6 s
-    // after the loss): give the slowest of them time to come through.
+    // retransmission timer, which backs off (0.2, 0.6, ... 12.6, 25.4 s after
+    // the loss): traffic runs on, and the final probes get the failover drain
+    // (`Load::FAILOVER_DRAIN_MS`), so even the 25.4 s retransmission is seen.
     std::thread::sleep(Duration::from_secs(RECOVERY_SECS));
     let reports = traffic.stop().unwrap();
     let dropped = lab.dropped(Fw::Fw2).unwrap();

@@ -79,6 +79,7 @@ fn fw2_external_cache_equals_fw1_table_after_100k_bulk_and_live_traffic(receive)
             tcp: 50,
             udp: 20,
             interval_ms: 200,
+            drain_ms: Load::DRAIN_MS,
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}"));

@@ -31,6 +31,18 @@ pub struct Load {
     pub udp: u32,
     /// Message interval on every connection and flow.
     pub interval_ms: u32,
+    /// How long, after the stop, the final probes may take to be answered.
+    pub drain_ms: u32,
+}
+
+impl Load {
+    /// Drain for runs with a failover in them: a TCP segment lost while the
+    /// addresses moved is resent on the backed-off retransmission timer
+    /// (0.2, 0.6, 1.4, 3, 6.2, 12.6, 25.4 s after the loss), so a live
+    /// connection can need that long to answer its final probe.
+    pub const FAILOVER_DRAIN_MS: u32 = 30_000;
+    /// Drain for runs without a failover.
+    pub const DRAIN_MS: u32 = 2_000;
 }
 
 fn wait_for(p: &Path) -> Result<()> {
@@ -68,10 +80,11 @@ impl Traffic {
             ],
         )?;
         wait_for(Path::new(&ready))?;
-        let (tcp, udp, interval) = (
+        let (tcp, udp, interval, drain) = (
             load.tcp.to_string(),
             load.udp.to_string(),
             load.interval_ms.to_string(),
+            load.drain_ms.to_string(),
         );
         let stop = dir.join("stop");
         let mut clients = vec![];
@@ -99,6 +112,8 @@ impl Traffic {
                     &udp,
                     "--interval-ms",
                     &interval,
+                    "--drain-timeout-ms",
+                    &drain,
                     "--max-duration-s",
                     "600",
                     "--until-file",

@@ -90,6 +90,7 @@ pub fn run(args: Args) -> Result<()> {
             tcp: args.tcp,
             udp: args.udp,
             interval_ms: 200,
+            drain_ms: Load::FAILOVER_DRAIN_MS,
         },
     )?;
     let (tcp, udp) = (args.tcp, args.udp);

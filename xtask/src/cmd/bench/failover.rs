@@ -48,6 +48,7 @@ pub fn run(tcp: u32, report: &mut Report, progress: &mut Progress) -> Result<()>
         tcp,
         udp: (tcp / 20).max(10),
         interval_ms: 200,
+        drain_ms: Load::FAILOVER_DRAIN_MS,
     };
     println!(
         "\n== failover: data gaps per connection when fw1 dies (links cut), {} TCP + {} UDP \
