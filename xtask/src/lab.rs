@@ -30,7 +30,9 @@
 //!   unsynchronised TCP flow dies on failover, and `nf_conntrack_events=1`) and
 //!   filters statefully: new connections only from `lan0` to `wan0`, established
 //!   and related accepted, invalid dropped; IPv4 from the LAN is SNATed to the WAN
-//!   virtual address, IPv6 is routed. Input is accepted (sync traffic, VRRP).
+//!   virtual address, IPv6 is routed. Input is accepted (sync traffic, VRRP),
+//!   except invalid packets: replies to unknown connections, which the local
+//!   stack would reset.
 //! - `sync0` and `sync1` are the two dedicated sync links between the firewalls.
 //! - Nothing is created in, or routed to, the root namespace: interfaces are
 //!   created directly in their namespaces, so names never collide between labs,
@@ -733,8 +735,13 @@ table inet ctsync_lab {
         counter name "unmatched"
     }
     chain input {
-        # Sync traffic and VRRP.
         type filter hook input priority filter; policy accept;
+        # A reply to a connection the firewall does not know yet (taken over,
+        # not committed) is addressed to the SNAT address it now holds: the
+        # local stack would answer it with a reset. Dropped, it is resent once
+        # the connection is committed.
+        ct state invalid counter name "invalid" drop
+        # Everything else (sync traffic, VRRP): accepted by the policy.
     }
 }
 table ip ctsync_lab_nat {
