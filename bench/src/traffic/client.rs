@@ -5,7 +5,7 @@
 //! Life of a run, each phase bounded in time:
 //! 1. setup: connections and flows start in small batches (no SYN burst), each sends
 //!    message 0; setup ends when every one has its first echo or has failed (or
-//!    after connect timeout + drain timeout past the last batch). The client's
+//!    2 s after the last batch's connect timeout). The client's
 //!    `--ready-file` is written then, so a test knows the conntrack entries exist.
 //! 2. run: traffic until `--duration-s` (counted from the end of setup), the
 //!    `--until-file` appears, SIGINT/SIGTERM, or `--max-duration-s` since start.
@@ -111,6 +111,11 @@ const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 const NOFILE_SLACK: u64 = 64;
 /// How often the stop conditions (until-file, duration) are checked.
 const POLL: Duration = Duration::from_millis(50);
+/// How long setup waits, past the last batch's connect timeout, for first echoes
+/// that are late (on a saturated machine message 0 can be resent on TCP's backoff);
+/// then it runs anyway. Not the drain timeout: failover runs need a long drain but
+/// must not wait as long to start.
+const SETUP_ECHO_WAIT: Duration = Duration::from_secs(2);
 /// Interval between final UDP probes during the drain: a single lost datagram
 /// must not mark a flow dead.
 const UDP_PROBE_INTERVAL: Duration = Duration::from_millis(200);
@@ -426,7 +431,7 @@ pub async fn run(cfg: Config) -> Result<Report> {
     let cap = epoch + cfg.max_duration;
     let last_batch = ((total - 1) / cfg.connect_batch as usize) as u32;
     let last_start = epoch + cfg.connect_batch_interval * last_batch;
-    let setup_limit = last_start + cfg.connect_timeout + cfg.drain_timeout;
+    let setup_limit = last_start + cfg.connect_timeout + SETUP_ECHO_WAIT;
     let (stop_tx, stop_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         hard_deadline: cap.max(setup_limit)
