@@ -6,7 +6,8 @@
 //!   the sync link) each run alone on fw1 while `ctgen` creates and then
 //!   deletes the same entries; their CPU time per event is read from
 //!   /proc/PID/stat and reported as a ratio.
-//! - latency, zero-loss rate, commit and failover: see their modules.
+//! - latency, zero-loss rate, commit, failover and forwarding capacity: see
+//!   their modules.
 //!
 //! Progress goes to stderr, one numbered line per step (`progress`); the
 //! measurements to stdout; the report and its SVG charts (`plot`) to
@@ -14,6 +15,7 @@
 
 mod commit;
 mod failover;
+mod forwarding;
 mod latency;
 mod plot;
 mod progress;
@@ -71,6 +73,8 @@ enum Part {
     Commit,
     /// Data gaps of live connections at failover, in each standby mode.
     Failover,
+    /// New-flow rate fw1 forwards with no daemon, ctsync, conntrackd.
+    Forwarding,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -95,7 +99,13 @@ pub fn run(args: Args) -> Result<()> {
         &[50_000, 100_000, 150_000, 0]
     };
     let failover_tcp = if args.quick { 1000 } else { 5000 };
-    let lab_parts = [Part::Events, Part::Latency, Part::Zeroloss, Part::Commit];
+    let lab_parts = [
+        Part::Events,
+        Part::Latency,
+        Part::Zeroloss,
+        Part::Commit,
+        Part::Forwarding,
+    ];
     let needs_lab = lab_parts.into_iter().any(part);
     // The steps, counted before the first one runs.
     let steps = [
@@ -105,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
         (part(Part::Latency), latency::steps(latency_rates)),
         (part(Part::Zeroloss), zeroloss::steps(zeroloss_rates)),
         (part(Part::Commit), commit::STEPS),
+        (part(Part::Forwarding), forwarding::STEPS),
         (part(Part::Failover), failover::STEPS),
     ];
     let mut progress = Progress::new(steps.iter().filter(|s| s.0).map(|s| s.1).sum());
@@ -130,6 +141,9 @@ pub fn run(args: Args) -> Result<()> {
         }
         if part(Part::Commit) {
             commit::run(&lab, commit_entries, &mut report, &mut progress)?;
+        }
+        if part(Part::Forwarding) {
+            forwarding::run(&lab, &mut report, &mut progress)?;
         }
         progress.step("lab down", || lab.down())?;
     }
