@@ -430,19 +430,23 @@ impl Lab {
     /// (conntrack could not place them in a connection), and by the policy
     /// (new connections not from the LAN, e.g. a reply whose entry is missing).
     pub fn dropped(&self, fw: Fw) -> Result<Dropped> {
-        let packets = |name: &str| -> Result<u64> {
-            let out = self.exec(fw, &["nft", "list", "counter", "inet", "ctsync_lab", name])?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            text.split_whitespace()
-                .skip_while(|w| *w != "packets")
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("no packet count in `nft list counter {name}`: {text}"))
-        };
         Ok(Dropped {
-            invalid: packets("invalid")?,
-            unmatched: packets("unmatched")?,
+            invalid: self.nft_packets(fw, "ctsync_lab", "invalid")?,
+            unmatched: self.nft_packets(fw, "ctsync_lab", "unmatched")?,
         })
+    }
+
+    /// Packets counted by the named nftables counter of `inet` table `table` in `node`.
+    pub fn nft_packets(&self, node: impl Into<Node>, table: &str, name: &str) -> Result<u64> {
+        let out = self.exec(node, &["nft", "list", "counter", "inet", table, name])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| {
+                format!("no packet count in `nft list counter {table} {name}`: {text}")
+            })
     }
 
     /// A human-readable report: namespaces, interfaces with their addresses,

@@ -228,14 +228,5 @@ fn one(lab: &Lab, daemon: Daemon) -> Result<Run> {
 
 /// Packets the sink in the server has counted.
 fn received(lab: &Lab) -> Result<u64> {
-    let out = lab.exec(
-        Node::Server,
-        &["nft", "list", "counter", "inet", "ctflows_sink", "rx"],
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no packet count in the sink's counter: {text}"))
+    lab.nft_packets(Node::Server, "ctflows_sink", "rx")
 }
