@@ -670,9 +670,10 @@ impl Lab {
         Ok(())
     }
 
-    /// Writes `/proc/sys/KEY` from a thread inside the namespace: /proc/sys/net
-    /// shows the writing thread's namespace.
-    fn sysctl(&self, node: Node, settings: &[(&str, &str)]) -> Result<()> {
+    /// Writes `/proc/sys/KEY` in `node`'s namespace, for each setting, from a
+    /// thread inside the namespace: /proc/sys/net shows the writing thread's
+    /// namespace.
+    pub fn sysctl(&self, node: Node, settings: &[(&str, &str)]) -> Result<()> {
         let ns = self.ns(node);
         self.in_ns(node, || {
             for (key, value) in settings {
@@ -681,6 +682,17 @@ impl Lab {
                     .with_context(|| format!("writing {value} to {path} in namespace {ns}"))?;
             }
             Ok(())
+        })?
+    }
+
+    /// Reads `/proc/sys/<key>` in `node`'s namespace (trimmed).
+    pub fn sysctl_value(&self, node: Node, key: &str) -> Result<String> {
+        let ns = self.ns(node);
+        self.in_ns(node, || {
+            let path = format!("/proc/sys/{key}");
+            std::fs::read_to_string(&path)
+                .map(|v| v.trim().to_owned())
+                .with_context(|| format!("reading {path} in namespace {ns}"))
         })?
     }
 

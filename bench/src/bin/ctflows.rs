@@ -1,37 +1,66 @@
-//! `ctflows`: a new-flow generator for the forwarding-capacity bench.
+//! `ctflows`: a new-flow generator for the forwarding-capacity and
+//! zero-loss benches.
 //!
-//! Sends one small UDP datagram per flow, unpaced, to `--server`: each has a
-//! 5-tuple not used before in the run (a few source sockets times a range of
-//! destination ports), so each is a new conntrack entry (and NAT mapping) on
-//! the firewall it crosses. What the firewall sustains is counted where the
-//! datagrams arrive (the bench counts them with nftables in the server's
-//! namespace); this prints what was sent, as JSON on stdout.
+//! Sends one packet per flow to `--server`, each with a 5-tuple not used
+//! before in the run (a few source ports times a range of destination
+//! ports), so each is a new conntrack entry (and NAT mapping) on the
+//! firewall it crosses:
+//! - UDP: one small datagram per flow, from a few bound sockets;
+//! - TCP: one SYN per flow: a non-blocking `connect` from a socket bound to
+//!   one of a few source ports, closed at once (a socket closed in SYN-SENT
+//!   sends nothing more, so the firewall sees exactly the SYN).
+//!
+//! Unpaced by default, or at most `--rate` flows per second. What the
+//! firewall sustains is counted where the packets arrive (the benches count
+//! them with nftables in the server's namespace); this prints what was
+//! sent, as JSON on stdout.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::Instant;
+use std::{
+    io,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum Proto {
+    Udp,
+    Tcp,
+}
 
 #[derive(Parser)]
-#[command(about = "Send one UDP datagram per new flow, as fast as possible (bench load)")]
+#[command(
+    about = "Send one packet per new flow (UDP datagram or TCP SYN), unpaced or at a rate (bench load)"
+)]
 struct Args {
     /// Destination address (the server, through the firewall).
     #[arg(long)]
     server: IpAddr,
+    #[arg(long, value_enum, default_value_t = Proto::Udp)]
+    proto: Proto,
     /// Flows to create: at most `--sockets` x the port range, and within the
-    /// firewall's nf_conntrack_max (the bench stays well under 262144).
+    /// firewall's nf_conntrack_max (the benches stay under 262144).
     #[arg(long, default_value_t = 150_000)]
     flows: u32,
-    /// Source sockets (one source port each).
+    /// Source ports (UDP: one bound socket each, port chosen by the kernel;
+    /// TCP: `--tcp-src-port` and the ones after it).
     #[arg(long, default_value_t = 4)]
     sockets: u32,
+    /// First TCP source port.
+    #[arg(long, default_value_t = 2000)]
+    tcp_src_port: u16,
     /// First destination port.
     #[arg(long, default_value_t = 10_000)]
     port_lo: u16,
     /// Last destination port.
     #[arg(long, default_value_t = 59_999)]
     port_hi: u16,
+    /// At most this many flows per second (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
 }
 
 fn main() -> Result<()> {
@@ -48,36 +77,161 @@ fn main() -> Result<()> {
             a.sockets
         );
     }
-    let bind: SocketAddr = match a.server {
-        IpAddr::V4(_) => "0.0.0.0:0".parse()?,
-        IpAddr::V6(_) => "[::]:0".parse()?,
+    if a.proto == Proto::Tcp && u32::from(a.tcp_src_port) + a.sockets > 65_536 {
+        bail!("--tcp-src-port + --sockets passes port 65535");
+    }
+    let mut sender = match a.proto {
+        Proto::Udp => Sender::udp(a.server, a.sockets)?,
+        Proto::Tcp => Sender::Tcp {
+            family: match a.server {
+                IpAddr::V4(_) => libc::AF_INET,
+                IpAddr::V6(_) => libc::AF_INET6,
+            },
+        },
     };
-    let socks = (0..a.sockets)
-        .map(|_| UdpSocket::bind(bind).context("binding a source socket"))
-        .collect::<Result<Vec<_>>>()?;
-    let payload = [0u8; 16];
     let (mut sent, mut errors) = (0u64, 0u64);
+    let mut first_error = None::<io::Error>;
     let t0 = Instant::now();
     for i in 0..a.flows {
-        let sock = &socks[(i % a.sockets) as usize];
-        let port = a.port_lo + ((i / a.sockets) % ports) as u16;
-        // A full queue (ENOBUFS) loses this flow; it is counted, not retried,
-        // so that the offered load stays one datagram per flow.
-        match sock.send_to(&payload, SocketAddr::new(a.server, port)) {
-            Ok(_) => sent += 1,
-            Err(_) => errors += 1,
+        if a.rate > 0 && i % 256 == 0 {
+            let due = Duration::from_secs_f64(f64::from(i) / f64::from(a.rate));
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let s = i % a.sockets;
+        let dst = SocketAddr::new(a.server, a.port_lo + ((i / a.sockets) % ports) as u16);
+        // A failed send (a full queue: ENOBUFS) loses this flow; it is
+        // counted, not retried, so that the offered load stays one packet
+        // per flow.
+        match sender.send(s, a.tcp_src_port + s as u16, dst) {
+            Ok(()) => sent += 1,
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    if sent == 0 {
+        let e = first_error.map(|e| e.to_string()).unwrap_or_default();
+        bail!(
+            "no flow could be sent ({e}): is there a route to {}?",
+            a.server
+        );
+    }
     println!(
         "{}",
         serde_json::json!({
             "flows": a.flows,
             "sent": sent,
             "send_errors": errors,
+            "first_error": first_error.map(|e| e.to_string()),
             "seconds": secs,
             "offered_per_s": sent as f64 / secs,
         })
     );
     Ok(())
+}
+
+enum Sender {
+    Udp(Vec<UdpSocket>),
+    Tcp { family: libc::c_int },
+}
+
+impl Sender {
+    fn udp(server: IpAddr, sockets: u32) -> Result<Sender> {
+        let bind: SocketAddr = match server {
+            IpAddr::V4(_) => "0.0.0.0:0".parse()?,
+            IpAddr::V6(_) => "[::]:0".parse()?,
+        };
+        let socks = (0..sockets)
+            .map(|_| UdpSocket::bind(bind).context("binding a source socket"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Sender::Udp(socks))
+    }
+
+    /// One new flow from source socket (UDP) or port (TCP) `s` to `dst`.
+    fn send(&mut self, s: u32, src_port: u16, dst: SocketAddr) -> io::Result<()> {
+        match self {
+            Sender::Udp(socks) => socks[s as usize].send_to(&[0u8; 16], dst).map(drop),
+            Sender::Tcp { family } => syn(*family, src_port, dst),
+        }
+    }
+}
+
+/// A SYN from `src_port` to `dst`: bind, non-blocking connect (the kernel
+/// sends the SYN inside the call), close.
+fn syn(family: libc::c_int, src_port: u16, dst: SocketAddr) -> io::Result<()> {
+    // SAFETY: plain syscall; the descriptor is owned (closed on drop) below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: valid descriptor, option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let any: SocketAddr = match dst {
+        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(0.into()), src_port),
+        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(0u128.into()), src_port),
+    };
+    let (addr, len) = sockaddr(any);
+    // SAFETY: addr is a sockaddr of `len` bytes.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (addr, len) = sockaddr(dst);
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&raw mut ss).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
 }

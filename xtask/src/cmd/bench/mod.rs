@@ -15,6 +15,7 @@
 
 mod commit;
 mod failover;
+mod flows;
 mod forwarding;
 mod latency;
 mod plot;
@@ -67,7 +68,7 @@ enum Part {
     Events,
     /// ctsync's replication latency at set rates.
     Latency,
-    /// The highest create rate both daemons replicate without loss.
+    /// The highest rate both daemons replicate without loss (ctgen, real flows).
     Zeroloss,
     /// Commit of a replicated table, both daemons, against the kernel's ceiling.
     Commit,
@@ -98,7 +99,10 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         &[50_000, 100_000, 150_000, 0]
     };
+    // Real flows through fw1, per kind.
+    let zeroloss_flow_rates: &[u32] = if args.quick { &[0] } else { &[50_000, 0] };
     let failover_tcp = if args.quick { 1000 } else { 5000 };
+    let forwarding_rounds = if args.quick { 1 } else { 3 };
     let lab_parts = [
         Part::Events,
         Part::Latency,
@@ -113,9 +117,12 @@ pub fn run(args: Args) -> Result<()> {
         (needs_lab, 2), // lab up, lab down
         (part(Part::Events), 5),
         (part(Part::Latency), latency::steps(latency_rates)),
-        (part(Part::Zeroloss), zeroloss::steps(zeroloss_rates)),
+        (
+            part(Part::Zeroloss),
+            zeroloss::steps(zeroloss_rates, zeroloss_flow_rates),
+        ),
         (part(Part::Commit), commit::STEPS),
-        (part(Part::Forwarding), forwarding::STEPS),
+        (part(Part::Forwarding), forwarding::steps(forwarding_rounds)),
         (part(Part::Failover), failover::STEPS),
     ];
     let mut progress = Progress::new(steps.iter().filter(|s| s.0).map(|s| s.1).sum());
@@ -137,13 +144,19 @@ pub fn run(args: Args) -> Result<()> {
             latency::run(&lab, latency_rates, &mut report, &mut progress)?;
         }
         if part(Part::Zeroloss) {
-            zeroloss::run(&lab, zeroloss_rates, &mut report, &mut progress)?;
+            zeroloss::run(
+                &lab,
+                zeroloss_rates,
+                zeroloss_flow_rates,
+                &mut report,
+                &mut progress,
+            )?;
         }
         if part(Part::Commit) {
             commit::run(&lab, commit_entries, &mut report, &mut progress)?;
         }
         if part(Part::Forwarding) {
-            forwarding::run(&lab, &mut report, &mut progress)?;
+            forwarding::run(&lab, forwarding_rounds, &mut report, &mut progress)?;
         }
         progress.step("lab down", || lab.down())?;
     }

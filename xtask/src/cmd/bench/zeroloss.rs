@@ -1,9 +1,9 @@
-//! The zero-loss rate: `ctgen --rate` creates entries on fw1 at rising
-//! rates (the last one unpaced: as fast as the kernel takes them), and after
-//! quiescence the backup's external cache must hold every one. Both daemons,
-//! fresh pairs per rate.
-
-use std::time::{Duration, Instant};
+//! The zero-loss rate: load on fw1 at rising rates (the last one unpaced:
+//! as fast as the generator gets the kernel to create), and after
+//! quiescence the backup's external cache must hold every entry fw1's
+//! kernel table holds. Two loads: `ctgen --rate` (batched ctnetlink
+//! creates, mixed TCP/UDP with NAT), and real flows through fw1 (`flows`:
+//! UDP datagrams and TCP SYNs, SNAT). Both daemons, fresh pairs per step.
 
 use anyhow::Result;
 use xtask::{
@@ -16,37 +16,34 @@ use xtask::{
 
 use super::{
     Report, cpu_seconds,
+    flows::{self, Kind, Sink, settle},
     plot::{Axis, LineChart, Scale, Series},
     progress::{Progress, rate_label},
 };
 
+/// Real flows per step: `ctflows`' default socket and port range.
+const FLOWS: u32 = 150_000;
+/// The kinds of real flow.
+const FLOW_KINDS: [Kind; 2] = [Kind::UDP4, Kind::TCP4];
+/// fw1's timeouts for the flows' entries while the flow steps run: long
+/// enough that no entry expires (and is deleted on the backup) before the
+/// counts are compared.
+const FLOW_TIMEOUTS: [&str; 2] = [
+    "net/netfilter/nf_conntrack_udp_timeout",
+    "net/netfilter/nf_conntrack_tcp_timeout_syn_sent",
+];
+
 /// Entries per step (within the default nf_conntrack_max).
 const COUNT: u32 = 200_000;
-
-/// Waits until `count` stops changing for two seconds (or reaches `want`).
-fn settle(want: u64, mut count: impl FnMut() -> Result<u64>) -> Result<u64> {
-    let mut last = (count()?, Instant::now());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let c = count()?;
-        if c >= want || Instant::now() > deadline {
-            return Ok(c);
-        }
-        if c != last.0 {
-            last = (c, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(2) {
-            return Ok(c);
-        }
-    }
-}
 
 /// One daemon at one rate.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Outcome {
     /// Entries in the backup's external cache after quiescence.
     pub replicated: u64,
-    /// The create rate ctgen achieved, entries per second.
+    /// Entries the backup must hold: what the load created in fw1's table.
+    pub expected: u64,
+    /// The create rate the generator achieved, entries per second.
     pub offered: f64,
     /// CPU time (user + system, /proc/PID/stat) of the primary's and the
     /// backup's daemon from the first create to quiescence, µs per entry.
@@ -62,45 +59,133 @@ pub struct Step {
     pub conntrackd: Outcome,
 }
 
-/// Progress steps of [`run`]: each daemon at each rate.
-pub fn steps(rates: &[u32]) -> usize {
-    2 * rates.len()
+/// Both daemons with one kind of real flow at one rate.
+#[derive(Clone, Debug)]
+pub struct FlowStep {
+    pub kind: Kind,
+    /// What ctflows was asked for, flows per second; 0: unpaced.
+    pub rate: u32,
+    pub ctsync: Outcome,
+    pub conntrackd: Outcome,
 }
 
-/// One step: `COUNT` creates at `rate` (0: unpaced) with the daemons
-/// `pids` (primary, backup) running. `backup_count` is polled until
-/// quiescence, so it must be cheap (a counter, not a dump: the CPU it costs
-/// counts as the backup's); `replicated` is asked once at the end.
+/// Progress steps of [`run`]: each daemon at each rate, with each load.
+pub fn steps(rates: &[u32], flow_rates: &[u32]) -> usize {
+    2 * (rates.len() + FLOW_KINDS.len() * flow_rates.len())
+}
+
+/// What loads fw1 in a step.
+#[derive(Clone, Copy)]
+enum Load {
+    /// `COUNT` ctgen creates at this rate (0: unpaced).
+    Ctgen(u32),
+    /// `FLOWS` real flows of this kind at this rate (0: unpaced).
+    Flows(Kind, u32),
+}
+
+impl Load {
+    /// Applies the load; returns the rate achieved and the entries it left
+    /// in fw1's table.
+    fn apply(self, lab: &Lab) -> Result<(f64, u64)> {
+        match self {
+            Load::Ctgen(rate) => {
+                let (count, rate) = (COUNT.to_string(), rate.to_string());
+                let took = super::ctgen(
+                    lab,
+                    Fw::Fw1,
+                    &[
+                        "--count", &count, "--family", "4", "--proto", "mixed", "--nat", "--rate",
+                        &rate,
+                    ],
+                )?;
+                Ok((f64::from(COUNT) / took.as_secs_f64(), u64::from(COUNT)))
+            }
+            Load::Flows(kind, rate) => {
+                let sent = flows::send(lab, kind, FLOWS, rate)?;
+                Ok((sent.sent as f64 / sent.seconds, flows::on_fw1(lab, kind)?))
+            }
+        }
+    }
+}
+
+/// One step: the load applied with the daemons `pids` (primary, backup)
+/// running. `backup_count` is polled until quiescence, so it must be cheap
+/// (a counter, not a dump: the CPU it costs counts as the backup's);
+/// `replicated` is asked once at the end.
 fn step(
     lab: &Lab,
-    rate: u32,
+    load: Load,
     pids: [u32; 2],
     backup_count: &mut dyn FnMut() -> Result<u64>,
     replicated: &mut dyn FnMut() -> Result<u64>,
 ) -> Result<Outcome> {
-    let (count, rate_s) = (COUNT.to_string(), rate.to_string());
     let cpu = || -> Result<[f64; 2]> { Ok([cpu_seconds(pids[0])?, cpu_seconds(pids[1])?]) };
     let before = cpu()?;
-    let took = super::ctgen(
-        lab,
-        Fw::Fw1,
-        &[
-            "--count", &count, "--family", "4", "--proto", "mixed", "--nat", "--rate", &rate_s,
-        ],
-    )?;
-    let offered = f64::from(COUNT) / took.as_secs_f64();
-    let settled = settle(u64::from(COUNT), backup_count)?;
+    let (offered, expected) = load.apply(lab)?;
+    let settled = settle(expected, backup_count)?;
     let after = cpu()?;
     let got = replicated()?;
     if got != settled {
         eprintln!("note: the backup's counter said {settled} entries, its cache holds {got}");
     }
-    let per_entry = |i: usize| (after[i] - before[i]) * 1e6 / f64::from(COUNT);
+    let per_entry = |i: usize| (after[i] - before[i]) * 1e6 / expected.max(1) as f64;
     Ok(Outcome {
         replicated: got,
+        expected,
         offered,
         cpu_us: [per_entry(0), per_entry(1)],
     })
+}
+
+/// Both daemons, each a fresh pair on empty tables, under the same load.
+fn both(lab: &Lab, load: Load, what: &str, progress: &mut Progress) -> Result<[Outcome; 2]> {
+    let flush = || exec::output(&mut lab.command(Fw::Fw1.node(), &["conntrack", "-F"]));
+    let ctsync = progress.step(&format!("zeroloss ctsync {what}"), || {
+        flush()?;
+        let (a1, a2) = start_pair(
+            lab,
+            &build::bin("ctsync"),
+            &format!("bench-zeroloss-{}", lab.prefix()),
+            "",
+        )?;
+        let mut count = || {
+            Ok(a2.stats()?["sync"]["external_entries"]
+                .as_u64()
+                .unwrap_or(0))
+        };
+        step(
+            lab,
+            load,
+            [a1.child.id(), a2.child.id()],
+            &mut count.clone(),
+            &mut count,
+        )
+    })?;
+    let conntrackd = progress.step(&format!("zeroloss conntrackd {what}"), || {
+        flush()?;
+        let dir =
+            std::env::temp_dir().join(format!("ctsync-bench-zeroloss-{}", std::process::id()));
+        let r = (|| {
+            let c1 = Conntrackd::start(lab, Fw::Fw1, &dir)?;
+            let c2 = Conntrackd::start(lab, Fw::Fw2, &dir)?;
+            step(
+                lab,
+                load,
+                [c1.pid(), c2.pid()],
+                &mut || c2.external_count(lab),
+                &mut || Ok(c2.external_entries(lab)? as u64),
+            )
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    })?;
+    flush()?;
+    Ok([ctsync, conntrackd])
+}
+
+/// `a of b (r/s)`: an outcome in the log and the report.
+fn show(o: &Outcome) -> String {
+    format!("{} of {} ({:.0}/s)", o.replicated, o.expected, o.offered)
 }
 
 /// A rate as the log and the report name it: `100000/s` or `unpaced`.
@@ -115,71 +200,31 @@ fn label_of(rate: u32) -> String {
 pub fn run(
     lab: &Lab,
     rates: &[u32],
+    flow_rates: &[u32],
     report: &mut Report,
     progress: &mut Progress,
 ) -> Result<Vec<Step>> {
     println!(
-        "\n== zero-loss rate: {COUNT} creates on fw1 per step, backup's external cache after quiescence =="
+        "\n== zero-loss rate: {COUNT} ctgen creates on fw1 per step, then {FLOWS} real flows \
+         through fw1 per step; the backup's external cache after quiescence against fw1's table =="
     );
-    let flush = || exec::output(&mut lab.command(Fw::Fw1.node(), &["conntrack", "-F"]));
     let mut best = [None::<f64>, None];
     let mut results = Vec::new();
     for &rate in rates {
         let label = label_of(rate);
-        let ctsync = progress.step(&format!("zeroloss ctsync {}", rate_label(rate)), || {
-            flush()?;
-            let (a1, a2) = start_pair(
-                lab,
-                &build::bin("ctsync"),
-                &format!("bench-zeroloss-{}", lab.prefix()),
-                "",
-            )?;
-            let mut count = || {
-                Ok(a2.stats()?["sync"]["external_entries"]
-                    .as_u64()
-                    .unwrap_or(0))
-            };
-            step(
-                lab,
-                rate,
-                [a1.child.id(), a2.child.id()],
-                &mut count.clone(),
-                &mut count,
-            )
-        })?;
-        let conntrackd =
-            progress.step(&format!("zeroloss conntrackd {}", rate_label(rate)), || {
-                flush()?;
-                let dir = std::env::temp_dir()
-                    .join(format!("ctsync-bench-zeroloss-{}", std::process::id()));
-                let r = (|| {
-                    let c1 = Conntrackd::start(lab, Fw::Fw1, &dir)?;
-                    let c2 = Conntrackd::start(lab, Fw::Fw2, &dir)?;
-                    step(
-                        lab,
-                        rate,
-                        [c1.pid(), c2.pid()],
-                        &mut || c2.external_count(lab),
-                        &mut || Ok(c2.external_entries(lab)? as u64),
-                    )
-                })();
-                let _ = std::fs::remove_dir_all(&dir);
-                r
-            })?;
+        let [ctsync, conntrackd] = both(lab, Load::Ctgen(rate), &rate_label(rate), progress)?;
         for (i, o) in [ctsync, conntrackd].into_iter().enumerate() {
-            if o.replicated >= u64::from(COUNT) {
+            if o.replicated >= o.expected {
                 best[i] = Some(best[i].unwrap_or(0.0).max(o.offered));
             }
         }
         println!(
-            "{label:>9}: ctsync {} of {COUNT} ({:.0}/s offered; CPU {:.2} / {:.2} µs per entry on fw1 / fw2), \
-             conntrackd {} of {COUNT} ({:.0}/s offered; CPU {:.2} / {:.2} µs)",
-            ctsync.replicated,
-            ctsync.offered,
+            "ctgen {label:>9}: ctsync {} (CPU {:.2} / {:.2} µs per entry on fw1 / fw2), \
+             conntrackd {} (CPU {:.2} / {:.2} µs)",
+            show(&ctsync),
             ctsync.cpu_us[0],
             ctsync.cpu_us[1],
-            conntrackd.replicated,
-            conntrackd.offered,
+            show(&conntrackd),
             conntrackd.cpu_us[0],
             conntrackd.cpu_us[1]
         );
@@ -189,14 +234,14 @@ pub fn run(
             conntrackd,
         });
     }
-    flush()?;
+    let flow_results = real_flows(lab, flow_rates, progress)?;
     for s in &results {
         let label = label_of(s.rate);
         let (c, d) = (s.ctsync, s.conntrackd);
         report.row(
-            &format!("replicated after {COUNT} creates at {label}"),
-            format!("{} ({:.0}/s)", c.replicated, c.offered),
-            format!("{} ({:.0}/s)", d.replicated, d.offered),
+            &format!("replicated after {COUNT} ctgen creates at {label}"),
+            show(&c),
+            show(&d),
             "all".into(),
         );
         report.row(
@@ -212,15 +257,72 @@ pub fn run(
     }
     let fmt = |b: Option<f64>| b.map_or("none".into(), |r| format!("{r:.0}/s"));
     report.row(
-        "highest rate replicated without loss",
+        "highest ctgen rate replicated without loss",
         fmt(best[0]),
         fmt(best[1]),
         "the kernel's event ceiling".into(),
     );
+    for f in &flow_results {
+        report.row(
+            &format!(
+                "replicated after {FLOWS} {} flows through fw1 at {} (entries in fw1's table)",
+                f.kind.label(),
+                label_of(f.rate)
+            ),
+            show(&f.ctsync),
+            show(&f.conntrackd),
+            "all".into(),
+        );
+    }
     for (file, caption, chart) in charts(&results) {
         report.plot(&file, &caption, chart.svg());
     }
     Ok(results)
+}
+
+/// The real-flow steps, with fw1's timeouts for their entries raised for
+/// the duration (and restored, also on error).
+fn real_flows(lab: &Lab, rates: &[u32], progress: &mut Progress) -> Result<Vec<FlowStep>> {
+    let fw1 = Fw::Fw1.node();
+    let saved = FLOW_TIMEOUTS
+        .iter()
+        .map(|k| lab.sysctl_value(fw1, k))
+        .collect::<Result<Vec<_>>>()?;
+    lab.sysctl(fw1, &FLOW_TIMEOUTS.map(|k| (k, "600")))?;
+    let r = (|| {
+        let _sink = Sink::install(lab)?;
+        let mut out = Vec::new();
+        for kind in FLOW_KINDS {
+            for &rate in rates {
+                let what = format!("{}, {}", kind.label(), rate_label(rate));
+                let [ctsync, conntrackd] = both(lab, Load::Flows(kind, rate), &what, progress)?;
+                println!(
+                    "flows {what}: ctsync {} (CPU {:.2} / {:.2} µs per entry on fw1 / fw2), \
+                     conntrackd {} (CPU {:.2} / {:.2} µs)",
+                    show(&ctsync),
+                    ctsync.cpu_us[0],
+                    ctsync.cpu_us[1],
+                    show(&conntrackd),
+                    conntrackd.cpu_us[0],
+                    conntrackd.cpu_us[1]
+                );
+                out.push(FlowStep {
+                    kind,
+                    rate,
+                    ctsync,
+                    conntrackd,
+                });
+            }
+        }
+        Ok(out)
+    })();
+    let restore: Vec<(&str, &str)> = FLOW_TIMEOUTS
+        .iter()
+        .copied()
+        .zip(saved.iter().map(String::as_str))
+        .collect();
+    lab.sysctl(fw1, &restore)?;
+    r
 }
 
 /// Completeness and CPU against the offered rate, both daemons: (file
@@ -231,7 +333,7 @@ pub fn charts(steps: &[Step]) -> Vec<(String, String, LineChart)> {
     };
     // At most 100%: an entry the backup holds beyond the created ones
     // (conntrackd's cache can count one more) is no created entry.
-    let share = |o: &Outcome| 100.0 * o.replicated.min(COUNT.into()) as f64 / f64::from(COUNT);
+    let share = |o: &Outcome| 100.0 * o.replicated.min(o.expected) as f64 / o.expected as f64;
     let rate_axis = || {
         Axis::new(
             "offered create rate on fw1 (entries/s, as achieved by ctgen)",
@@ -287,6 +389,7 @@ mod tests {
     fn charts_have_a_point_per_rate_and_daemon() {
         let o = |replicated, offered, cpu| Outcome {
             replicated,
+            expected: COUNT.into(),
             offered,
             cpu_us: [cpu, cpu / 2.0],
         };
