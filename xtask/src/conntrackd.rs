@@ -48,6 +48,18 @@ impl Conntrackd {
         self.child.id()
     }
 
+    /// Its configuration file (for `conntrackd -C FILE <command>` from scripts).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("conntrackd.conf")
+    }
+
+    /// Kills it at once (SIGKILL, as when the firewall dies).
+    pub fn kill(&mut self) {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("conntrackd.log")).unwrap_or_default()
     }
@@ -55,7 +67,7 @@ impl Conntrackd {
     /// `conntrackd <args>` against this daemon (its UNIX socket), in `fw`'s
     /// namespace (the commit writes to that namespace's table).
     pub fn ctl(&self, lab: &Lab, args: &[&str]) -> Result<String> {
-        let cfg = self.dir.join("conntrackd.conf");
+        let cfg = self.config_path();
         let mut argv = vec!["conntrackd", "-C", path_str(&cfg)?];
         argv.extend_from_slice(args);
         exec::stdout(&mut lab.command(self.fw.node(), &argv))

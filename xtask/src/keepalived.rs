@@ -21,11 +21,30 @@ pub const ADVERT_INT: &str = "0.1";
 
 /// What the notify lines run.
 #[derive(Clone, Debug)]
-pub struct Notify {
-    /// The ctsync binary.
-    pub ctsync: PathBuf,
-    /// The agent's control socket.
-    pub socket: PathBuf,
+pub enum Notify {
+    /// `ctsync --socket SOCKET notify STATE`.
+    Ctsync {
+        /// The ctsync binary.
+        ctsync: PathBuf,
+        /// The agent's control socket.
+        socket: PathBuf,
+    },
+    /// `SCRIPT STATE` (as conntrackd's primary-backup.sh is called).
+    Script(PathBuf),
+}
+
+impl Notify {
+    /// The notify line's command for `state` (master, backup, fault).
+    fn command(&self, state: &str) -> String {
+        match self {
+            Notify::Ctsync { ctsync, socket } => format!(
+                "{} --socket {} notify {state}",
+                ctsync.display(),
+                socket.display()
+            ),
+            Notify::Script(script) => format!("{} {state}", script.display()),
+        }
+    }
 }
 
 /// keepalived's configuration for `fw`: four instances (IPv4 and IPv6 on
@@ -44,11 +63,7 @@ pub fn config(fw: Fw, notify: Option<&Notify>) -> String {
     s += "vrrp_sync_group FIREWALL {\n  group {\n    LAN4\n    LAN6\n    WAN4\n    WAN6\n  }\n";
     if let Some(n) = notify {
         for state in ["master", "backup", "fault"] {
-            s += &format!(
-                "  notify_{state} \"{} --socket {} notify {state}\"\n",
-                n.ctsync.display(),
-                n.socket.display()
-            );
+            s += &format!("  notify_{state} \"{}\"\n", n.command(state));
         }
     }
     s += "}\n";
@@ -167,7 +182,7 @@ pub fn start_pair(
     dir: &Path,
     agents: Option<(&AgentProcess, &AgentProcess)>,
 ) -> Result<(Keepalived, Keepalived)> {
-    let notify = |a: &AgentProcess| Notify {
+    let notify = |a: &AgentProcess| Notify::Ctsync {
         ctsync: ctsync.to_owned(),
         socket: a.socket.clone(),
     };
@@ -175,6 +190,17 @@ pub fn start_pair(
         Some((a1, a2)) => (Some(notify(a1)), Some(notify(a2))),
         None => (None, None),
     };
+    start_pair_notify(lab, dir, n1, n2)
+}
+
+/// [`start_pair`] with fw1's and fw2's notify lines calling what `n1` and
+/// `n2` say.
+pub fn start_pair_notify(
+    lab: &Lab,
+    dir: &Path,
+    n1: Option<Notify>,
+    n2: Option<Notify>,
+) -> Result<(Keepalived, Keepalived)> {
     let k1 = Keepalived::start(lab, Fw::Fw1, n1.as_ref(), dir)?;
     wait_master(lab, Fw::Fw1, Duration::from_secs(20))
         .with_context(|| format!("keepalived on fw1:\n{}", k1.log()))?;
