@@ -204,13 +204,20 @@ impl Pair {
                 let times = dir.join("notify-fw2-master.times");
                 let deadline = Instant::now() + timeout;
                 loop {
-                    // "start end", nanoseconds, written once the script is done.
+                    // "start committed end", nanoseconds, written once the
+                    // script is done.
                     let t = std::fs::read_to_string(&times).unwrap_or_default();
                     let ns: Vec<f64> = t
                         .split_whitespace()
                         .filter_map(|w| w.parse().ok())
                         .collect();
-                    if let [start, end] = ns[..] {
+                    if let [start, committed, end] = ns[..] {
+                        println!(
+                            "conntrackd's notify master on fw2: commit (-c) {:.1} ms, then \
+                             flush, resync, bulk send {:.1} ms",
+                            (committed - start) / 1e6,
+                            (end - committed) / 1e6
+                        );
                         return Ok((end - start) / 1e6);
                     }
                     if Instant::now() > deadline {
@@ -236,11 +243,13 @@ fn notify_script(dir: &Path, fw: Fw, c: &Conntrackd) -> Result<Notify> {
             "#!/bin/sh\n\
              C=\"conntrackd -C {cfg}\"\n\
              T0=$(date +%s%N)\n\
+             case \"$1\" in master) $C -c ;; esac\n\
+             T1=$(date +%s%N)\n\
              case \"$1\" in\n\
-             master) $C -c; $C -f; $C -R; $C -B ;;\n\
+             master) $C -f; $C -R; $C -B ;;\n\
              backup) $C -n ;;\n\
              esac\n\
-             echo \"$T0 $(date +%s%N)\" > {times}$1.times\n",
+             echo \"$T0 $T1 $(date +%s%N)\" > {times}$1.times\n",
             cfg = c.config_path().display(),
             times = times.display()
         ),

@@ -72,7 +72,7 @@ enum Part {
     Zeroloss,
     /// Commit of a replicated table, both daemons, against the kernel's ceiling.
     Commit,
-    /// Data gaps of live connections at failover, in each standby mode.
+    /// Data gaps of live connections at failover: ctsync in each standby mode, conntrackd.
     Failover,
     /// New-flow rate fw1 forwards with no daemon, ctsync, conntrackd.
     Forwarding,

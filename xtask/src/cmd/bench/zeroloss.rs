@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use xtask::{
-    agent::start_pair,
+    agent::start_pair_with,
     build,
     conntrackd::Conntrackd,
     exec,
@@ -56,6 +56,8 @@ pub struct Step {
     /// What ctgen was asked for, entries per second; 0: unpaced.
     pub rate: u32,
     pub ctsync: Outcome,
+    /// ctsync with `xdp = "off"`.
+    pub ctsync_socket: Outcome,
     pub conntrackd: Outcome,
 }
 
@@ -66,12 +68,17 @@ pub struct FlowStep {
     /// What ctflows was asked for, flows per second; 0: unpaced.
     pub rate: u32,
     pub ctsync: Outcome,
+    /// ctsync with `xdp = "off"`.
+    pub ctsync_socket: Outcome,
     pub conntrackd: Outcome,
 }
 
-/// Progress steps of [`run`]: each daemon at each rate, with each load.
+/// Pairs per step: see [`contenders`].
+const CONTENDERS: usize = 3;
+
+/// Progress steps of [`run`]: each contender at each rate, with each load.
 pub fn steps(rates: &[u32], flow_rates: &[u32]) -> usize {
-    2 * (rates.len() + FLOW_KINDS.len() * flow_rates.len())
+    CONTENDERS * (rates.len() + FLOW_KINDS.len() * flow_rates.len())
 }
 
 /// What loads fw1 in a step.
@@ -137,15 +144,23 @@ fn step(
     })
 }
 
-/// Both daemons, each a fresh pair on empty tables, under the same load.
-fn both(lab: &Lab, load: Load, what: &str, progress: &mut Progress) -> Result<[Outcome; 2]> {
+/// The contenders, each a fresh pair on empty tables, under the same load:
+/// ctsync with XDP receive (its default), ctsync with socket receive,
+/// conntrackd.
+fn contenders(
+    lab: &Lab,
+    load: Load,
+    what: &str,
+    progress: &mut Progress,
+) -> Result<[Outcome; CONTENDERS]> {
     let flush = || exec::output(&mut lab.command(Fw::Fw1.node(), &["conntrack", "-F"]));
-    let ctsync = progress.step(&format!("zeroloss ctsync {what}"), || {
+    let ctsync = |xdp: &str| {
         flush()?;
-        let (a1, a2) = start_pair(
+        let (a1, a2) = start_pair_with(
             lab,
             &build::bin("ctsync"),
             &format!("bench-zeroloss-{}", lab.prefix()),
+            &format!("xdp = \"{xdp}\"\n"),
             "",
         )?;
         let mut count = || {
@@ -160,6 +175,10 @@ fn both(lab: &Lab, load: Load, what: &str, progress: &mut Progress) -> Result<[O
             &mut count.clone(),
             &mut count,
         )
+    };
+    let xdp = progress.step(&format!("zeroloss ctsync {what}"), || ctsync("native"))?;
+    let socket = progress.step(&format!("zeroloss ctsync, socket receive, {what}"), || {
+        ctsync("off")
     })?;
     let conntrackd = progress.step(&format!("zeroloss conntrackd {what}"), || {
         flush()?;
@@ -180,7 +199,46 @@ fn both(lab: &Lab, load: Load, what: &str, progress: &mut Progress) -> Result<[O
         r
     })?;
     flush()?;
-    Ok([ctsync, conntrackd])
+    Ok([xdp, socket, conntrackd])
+}
+
+/// One step's rows in the report: what reached the backup, and the CPU.
+fn report_step(report: &mut Report, what: &str, [x, s, d]: [Outcome; CONTENDERS]) {
+    report.row(
+        &format!("replicated after {what} (of the entries in fw1's table)"),
+        format!("XDP {}; socket {}", show(&x), show(&s)),
+        show(&d),
+        "all".into(),
+    );
+    let cpu = |o: &Outcome| format!("{:.2} / {:.2} µs", o.cpu_us[0], o.cpu_us[1]);
+    report.row(
+        &format!("CPU per entry, primary / backup, {what}"),
+        format!("XDP {}; socket {}", cpu(&x), cpu(&s)),
+        cpu(&d),
+        format!(
+            "XDP {:.2}x / {:.2}x",
+            x.cpu_us[0] / d.cpu_us[0],
+            x.cpu_us[1] / d.cpu_us[1]
+        ),
+    );
+}
+
+/// One step's outcomes in the log, one line.
+fn print_step(what: &str, o: &[Outcome; CONTENDERS]) {
+    let one = |o: &Outcome| {
+        format!(
+            "{} (CPU {:.2} / {:.2} µs per entry on fw1 / fw2)",
+            show(o),
+            o.cpu_us[0],
+            o.cpu_us[1]
+        )
+    };
+    println!(
+        "{what}: ctsync {}, ctsync socket receive {}, conntrackd {}",
+        one(&o[0]),
+        one(&o[1]),
+        one(&o[2])
+    );
 }
 
 /// `a of b (r/s)`: an outcome in the log and the report.
@@ -208,71 +266,47 @@ pub fn run(
         "\n== zero-loss rate: {COUNT} ctgen creates on fw1 per step, then {FLOWS} real flows \
          through fw1 per step; the backup's external cache after quiescence against fw1's table =="
     );
-    let mut best = [None::<f64>, None];
+    let mut best = [None::<f64>; CONTENDERS];
     let mut results = Vec::new();
     for &rate in rates {
         let label = label_of(rate);
-        let [ctsync, conntrackd] = both(lab, Load::Ctgen(rate), &rate_label(rate), progress)?;
-        for (i, o) in [ctsync, conntrackd].into_iter().enumerate() {
+        let [ctsync, ctsync_socket, conntrackd] =
+            contenders(lab, Load::Ctgen(rate), &rate_label(rate), progress)?;
+        for (i, o) in [ctsync, ctsync_socket, conntrackd].into_iter().enumerate() {
             if o.replicated >= o.expected {
                 best[i] = Some(best[i].unwrap_or(0.0).max(o.offered));
             }
         }
-        println!(
-            "ctgen {label:>9}: ctsync {} (CPU {:.2} / {:.2} µs per entry on fw1 / fw2), \
-             conntrackd {} (CPU {:.2} / {:.2} µs)",
-            show(&ctsync),
-            ctsync.cpu_us[0],
-            ctsync.cpu_us[1],
-            show(&conntrackd),
-            conntrackd.cpu_us[0],
-            conntrackd.cpu_us[1]
+        print_step(
+            &format!("ctgen {label}"),
+            &[ctsync, ctsync_socket, conntrackd],
         );
         results.push(Step {
             rate,
             ctsync,
+            ctsync_socket,
             conntrackd,
         });
     }
     let flow_results = real_flows(lab, flow_rates, progress)?;
     for s in &results {
-        let label = label_of(s.rate);
-        let (c, d) = (s.ctsync, s.conntrackd);
-        report.row(
-            &format!("replicated after {COUNT} ctgen creates at {label}"),
-            show(&c),
-            show(&d),
-            "all".into(),
-        );
-        report.row(
-            &format!("CPU per created entry at {label}, primary / backup"),
-            format!("{:.2} / {:.2} µs", c.cpu_us[0], c.cpu_us[1]),
-            format!("{:.2} / {:.2} µs", d.cpu_us[0], d.cpu_us[1]),
-            format!(
-                "{:.2}x / {:.2}x",
-                c.cpu_us[0] / d.cpu_us[0],
-                c.cpu_us[1] / d.cpu_us[1]
-            ),
-        );
+        let what = format!("{COUNT} ctgen creates at {}", label_of(s.rate));
+        report_step(report, &what, [s.ctsync, s.ctsync_socket, s.conntrackd]);
     }
     let fmt = |b: Option<f64>| b.map_or("none".into(), |r| format!("{r:.0}/s"));
     report.row(
         "highest ctgen rate replicated without loss",
-        fmt(best[0]),
-        fmt(best[1]),
+        format!("XDP {}; socket {}", fmt(best[0]), fmt(best[1])),
+        fmt(best[2]),
         "the kernel's event ceiling".into(),
     );
     for f in &flow_results {
-        report.row(
-            &format!(
-                "replicated after {FLOWS} {} flows through fw1 at {} (entries in fw1's table)",
-                f.kind.label(),
-                label_of(f.rate)
-            ),
-            show(&f.ctsync),
-            show(&f.conntrackd),
-            "all".into(),
+        let what = format!(
+            "{FLOWS} {} flows through fw1 at {}",
+            f.kind.label(),
+            label_of(f.rate)
         );
+        report_step(report, &what, [f.ctsync, f.ctsync_socket, f.conntrackd]);
     }
     for (file, caption, chart) in charts(&results) {
         report.plot(&file, &caption, chart.svg());
@@ -295,21 +329,17 @@ fn real_flows(lab: &Lab, rates: &[u32], progress: &mut Progress) -> Result<Vec<F
         for kind in FLOW_KINDS {
             for &rate in rates {
                 let what = format!("{}, {}", kind.label(), rate_label(rate));
-                let [ctsync, conntrackd] = both(lab, Load::Flows(kind, rate), &what, progress)?;
-                println!(
-                    "flows {what}: ctsync {} (CPU {:.2} / {:.2} µs per entry on fw1 / fw2), \
-                     conntrackd {} (CPU {:.2} / {:.2} µs)",
-                    show(&ctsync),
-                    ctsync.cpu_us[0],
-                    ctsync.cpu_us[1],
-                    show(&conntrackd),
-                    conntrackd.cpu_us[0],
-                    conntrackd.cpu_us[1]
+                let [ctsync, ctsync_socket, conntrackd] =
+                    contenders(lab, Load::Flows(kind, rate), &what, progress)?;
+                print_step(
+                    &format!("flows {what}"),
+                    &[ctsync, ctsync_socket, conntrackd],
                 );
                 out.push(FlowStep {
                     kind,
                     rate,
                     ctsync,
+                    ctsync_socket,
                     conntrackd,
                 });
             }
@@ -354,6 +384,9 @@ pub fn charts(steps: &[Step]) -> Vec<(String, String, LineChart)> {
                     line("conntrackd", &|s| {
                         (s.conntrackd.offered, share(&s.conntrackd))
                     }),
+                    line("ctsync, socket receive", &|s| {
+                        (s.ctsync_socket.offered, share(&s.ctsync_socket))
+                    }),
                 ],
             },
         ),
@@ -374,6 +407,12 @@ pub fn charts(steps: &[Step]) -> Vec<(String, String, LineChart)> {
                     }),
                     line("conntrackd backup", &|s| {
                         (s.conntrackd.offered, s.conntrackd.cpu_us[1])
+                    }),
+                    line("ctsync socket receive, primary", &|s| {
+                        (s.ctsync_socket.offered, s.ctsync_socket.cpu_us[0])
+                    }),
+                    line("ctsync socket receive, backup", &|s| {
+                        (s.ctsync_socket.offered, s.ctsync_socket.cpu_us[1])
                     }),
                 ],
             },
@@ -397,16 +436,19 @@ mod tests {
             Step {
                 rate: 100_000,
                 ctsync: o(COUNT.into(), 99_000.0, 1.0),
+                ctsync_socket: o(COUNT.into(), 99_000.0, 1.1),
                 conntrackd: o(COUNT.into(), 98_000.0, 4.0),
             },
             Step {
                 rate: 0,
                 ctsync: o(COUNT.into(), 180_000.0, 0.9),
+                ctsync_socket: o(COUNT.into(), 180_000.0, 1.0),
                 conntrackd: o(u64::from(COUNT) / 2, 170_000.0, 3.0),
             },
             Step {
                 rate: 50_000,
                 ctsync: o(COUNT.into(), 50_000.0, 1.0),
+                ctsync_socket: o(COUNT.into(), 50_000.0, 1.1),
                 conntrackd: o(u64::from(COUNT) + 1, 50_000.0, 4.0),
             },
         ];
@@ -419,11 +461,11 @@ mod tests {
         );
         assert_eq!(done[1].points[1], (170_000.0, 50.0));
         assert_eq!(done[1].points[2], (50_000.0, 100.0));
-        assert_eq!(c[1].2.series.len(), 4);
+        assert_eq!(c[1].2.series.len(), 6);
         assert_eq!(c[1].2.series[3].points[0], (98_000.0, 2.0));
         let svg = c[1].2.svg();
-        assert_eq!(svg.matches("<polyline").count(), 4);
-        assert_eq!(svg.matches("<circle").count(), 12);
-        assert_eq!(c[0].2.svg().matches("<circle").count(), 6);
+        assert_eq!(svg.matches("<polyline").count(), 6);
+        assert_eq!(svg.matches("<circle").count(), 18);
+        assert_eq!(c[0].2.svg().matches("<circle").count(), 9);
     }
 }
