@@ -22,6 +22,7 @@ use xtask::sysctl::{CONNTRACK_MAX, HASHSIZE, Raised};
 use super::{
     plot::{self, Bar, BarChart},
     progress::Progress,
+    rss_bytes,
 };
 
 /// ctgen's arguments for the `n` entries every contender writes.
@@ -153,13 +154,25 @@ pub fn run(
     // fw1's table stays for the rest: conntrack's hash table is shared by
     // all namespaces, and every contender writes with the same neighbours.
     let dir = std::env::temp_dir().join(format!("ctsync-bench-commit-{}", std::process::id()));
+    let mut conntrackd_memory = [0.0; 2];
     let conntrackd = progress.step("commit conntrackd", || {
         let c1 = Conntrackd::start(lab, fw1, &dir)?;
         let c2 = Conntrackd::start(lab, fw2, &dir)?;
+        let rss = || -> Result<[u64; 2]> { Ok([rss_bytes(c1.pid())?, rss_bytes(c2.pid())?]) };
+        let empty = rss()?;
         ctgen(lab, fw1, n)?;
         wait_for("conntrackd's external cache on fw2", wanted, 300, || {
             Ok(c2.external_entries(lab)? as u64)
         })?;
+        // Memory per entry: the primary's internal cache, the backup's external one.
+        let full = rss()?;
+        let per_entry = |i: usize| full[i].saturating_sub(empty[i]) as f64 / f64::from(n);
+        conntrackd_memory = [per_entry(0), per_entry(1)];
+        println!(
+            "conntrackd: resident memory per entry {:.0} bytes on fw1 (internal cache), {:.0} on \
+             fw2 (external cache)",
+            conntrackd_memory[0], conntrackd_memory[1]
+        );
         // The primary is gone at takeover; its event socket would cost the
         // backup's writes too (see below).
         drop(c1);
@@ -267,6 +280,15 @@ pub fn run(
         format!("{:.2} s", ctsync.as_secs_f64()),
         format!("{:.2} s", conntrackd.as_secs_f64()),
         format!("{:.2}x", ctsync.as_secs_f64() / conntrackd.as_secs_f64()),
+    );
+    report.row(
+        &format!("resident memory per entry with {n} entries, primary / backup"),
+        "see `ctsync-bench memory` (internal cache)".into(),
+        format!(
+            "{:.0} / {:.0} bytes",
+            conntrackd_memory[0], conntrackd_memory[1]
+        ),
+        "target under 150 bytes".into(),
     );
     report.row(
         &format!("commit of {n} vs the ctnetlink create ceiling"),
