@@ -24,6 +24,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use ctsync_bench::sockaddr::to_sockaddr;
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Proto {
@@ -185,12 +186,12 @@ fn syn(family: libc::c_int, src_port: u16, dst: SocketAddr) -> io::Result<()> {
         SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(0.into()), src_port),
         SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(0u128.into()), src_port),
     };
-    let (addr, len) = sockaddr(any);
+    let (addr, len) = to_sockaddr(any);
     // SAFETY: addr is a sockaddr of `len` bytes.
     if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let (addr, len) = sockaddr(dst);
+    let (addr, len) = to_sockaddr(dst);
     // SAFETY: as above.
     if unsafe { libc::connect(fd.as_raw_fd(), (&raw const addr).cast(), len) } < 0 {
         let e = io::Error::last_os_error();
@@ -199,39 +200,4 @@ fn syn(family: libc::c_int, src_port: u16, dst: SocketAddr) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write((&raw mut ss).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: as above, for sockaddr_in6.
-            unsafe { std::ptr::write((&raw mut ss).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
 }
