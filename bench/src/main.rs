@@ -14,9 +14,13 @@ use clap::{Parser, Subcommand};
 use ctsync::{
     cache::Cache,
     ctnetlink::{self, Decoded, EventKind},
+    latency,
     nlsock::{NlSocket, RecvBatch, groups},
 };
-use ctsync_bench::entries::{self, Proto, Spec};
+use ctsync_bench::{
+    entries::{self, Proto, Spec},
+    stamps,
+};
 use ctsync_common::{CtExt, CtRecord};
 use serde_json::json;
 
@@ -46,6 +50,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         entries: u32,
     },
+    /// Per entry, the time from its creation in the primary's kernel table
+    /// to its creation in the backup's: the two tables' conntrack
+    /// timestamps (net.netfilter.nf_conntrack_timestamp = 1 in both
+    /// namespaces before the entries were made).
+    Stamps {
+        /// Network namespace of the primary (an `ip netns` name).
+        #[arg(long)]
+        primary: String,
+        /// Network namespace of the backup.
+        #[arg(long)]
+        backup: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     let out = match cli.cmd {
         Cmd::Decode { events, passes } => decode(events, passes)?,
         Cmd::Memory { entries } => memory(entries),
+        Cmd::Stamps { primary, backup } => stamps(&primary, &backup)?,
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -60,6 +77,42 @@ fn main() -> anyhow::Result<()> {
         println!("{}", out["summary"].as_str().unwrap_or_default());
     }
     Ok(())
+}
+
+fn stamps(primary: &str, backup: &str) -> anyhow::Result<serde_json::Value> {
+    let (p, p_unstamped) = stamps::dump(&stamps::socket_in(primary)?)?;
+    let (b, b_unstamped) = stamps::dump(&stamps::socket_in(backup)?)?;
+    if p_unstamped > 0 || b_unstamped > 0 {
+        bail!(
+            "{p_unstamped} entries in {primary} and {b_unstamped} in {backup} have no creation \
+             stamp: set net.netfilter.nf_conntrack_timestamp = 1 in both before making them"
+        );
+    }
+    let mut h = latency::histogram();
+    let (mut missing, mut backwards) = (0u64, 0u64);
+    for (tuple, t1) in &p {
+        match b.get(tuple) {
+            Some(&t2) if t2 >= *t1 => {
+                latency::record(&mut h, std::time::Duration::from_nanos(t2 - t1))
+            }
+            // Made on the backup before the primary (a stale entry).
+            Some(_) => backwards += 1,
+            None => missing += 1,
+        }
+    }
+    let hist = latency::summary(&h);
+    Ok(json!({
+        "primary_entries": p.len(),
+        "backup_entries": b.len(),
+        "missing": missing,
+        "backwards": backwards,
+        "latency": hist,
+        "summary": format!(
+            "{} of {} primary entries on the backup ({missing} missing, {backwards} older there); \
+             kernel to backup's kernel p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
+            h.len(), p.len(), hist["p50_us"], hist["p99_us"], hist["p999_us"], hist["max_us"]
+        ),
+    }))
 }
 
 /// Captures `n` real NEW events: entries created through ctnetlink in a

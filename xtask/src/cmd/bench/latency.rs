@@ -1,28 +1,43 @@
 //! Replication latency at set rates: `ctgen --rate` creates entries on fw1
-//! for a few seconds; the primary agent's histograms then say how long a
-//! change waited from being read off the event socket to leaving in a
-//! datagram (`event_to_send`), and how long datagrams took to be
-//! acknowledged by fw2 (`ack_rtt`: an upper bound of the time to reach the
-//! backup, as fw2 acknowledges cumulatively). Fresh agents per rate, so each
-//! histogram holds one rate only. At most 200k entries per rate.
+//! for a few seconds, once under a ctsync pair and once under a conntrackd
+//! pair. Fresh daemons per rate, so each histogram holds one rate only. At
+//! most 200k entries per rate.
+//!
+//! The whole path, kernel event on fw1 to entry present on fw2, comes from
+//! the kernels' own clocks: with `nf_conntrack_timestamp = 1` on both
+//! firewalls every entry carries its creation time, and `ctsync-bench
+//! stamps` subtracts fw1's stamp from fw2's, per entry. That needs the
+//! backup to write what it receives into its kernel table at once, so both
+//! daemons run that way here: ctsync with `standby = "hot"`, conntrackd
+//! with `DisableExternalCache on`. (Entries in an external cache are not
+//! visible to the kernel; for ctsync's default mode the agent's own
+//! histograms bound the same path: `event_to_send`, from being read off
+//! the event socket to leaving in a datagram, plus `ack_rtt`, from sent to
+//! acknowledged by fw2, an upper bound as fw2 acknowledges cumulatively.)
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 use xtask::{
     agent::start_pair,
-    build, exec,
+    build,
+    conntrackd::{Backup, Conntrackd},
+    exec,
     lab::{Fw, Lab},
 };
 
 use super::{
-    Report,
+    Report, kernel_count,
     plot::{Axis, LineChart, Scale, Series},
     progress::{Progress, rate_label},
 };
 
 const SECONDS: u32 = 3;
+const TIMESTAMPS: &str = "net/netfilter/nf_conntrack_timestamp";
+/// How long the backup's table may stay the same size before the entries
+/// still missing count as lost.
+const STALL: Duration = Duration::from_secs(5);
 
 /// A latency histogram's summary, as `ctsync latency --json` gives it (µs).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -55,20 +70,37 @@ impl Hist {
                 .collect(),
         }
     }
+
+    /// "p50 / p99 / p99.9 µs".
+    fn percentiles(&self) -> String {
+        format!("{} / {} / {} µs", self.p50, self.p99, self.p999)
+    }
 }
 
-/// The agent's histograms after one rate.
+/// Kernel event on fw1 to entry in fw2's kernel table, for one daemon at
+/// one rate.
+#[derive(Clone, Debug, Default)]
+pub struct KernelToKernel {
+    pub hist: Hist,
+    /// Entries of fw1's table not in fw2's when its size settled.
+    pub missing: u64,
+}
+
+/// Both daemons' figures after one rate.
 #[derive(Clone, Debug)]
 pub struct AtRate {
     /// Offered by `ctgen --rate`, entries per second.
     pub rate: u32,
+    /// The primary agent's histograms.
     pub event_to_send: Hist,
     pub ack_rtt: Hist,
+    pub ctsync: KernelToKernel,
+    pub conntrackd: KernelToKernel,
 }
 
 /// Progress steps of [`run`].
 pub fn steps(rates: &[u32]) -> usize {
-    rates.len()
+    2 * rates.len()
 }
 
 pub fn run(
@@ -77,29 +109,164 @@ pub fn run(
     report: &mut Report,
     progress: &mut Progress,
 ) -> Result<Vec<AtRate>> {
-    println!("\n== replication latency at set rates ({SECONDS} s of ctgen --rate on fw1 each) ==");
-    let mut results = Vec::new();
-    for &rate in rates {
-        let name = format!("latency ctsync {}", rate_label(rate));
-        results.push(progress.step(&name, || one_rate(lab, rate, report))?);
+    println!(
+        "\n== replication latency at set rates ({SECONDS} s of ctgen --rate on fw1 each; \
+         kernel to kernel by conntrack timestamps) =="
+    );
+    let fws = [Fw::Fw1.node(), Fw::Fw2.node()];
+    let saved = fws
+        .iter()
+        .map(|&n| lab.sysctl_value(n, TIMESTAMPS))
+        .collect::<Result<Vec<_>>>()?;
+    for n in fws {
+        lab.sysctl(n, &[(TIMESTAMPS, "1")])?;
     }
-    exec::output(&mut lab.command(Fw::Fw1.node(), &["conntrack", "-F"]))?;
+    let r = (|| -> Result<Vec<AtRate>> {
+        let mut results = Vec::new();
+        for &rate in rates {
+            let (event_to_send, ack_rtt, ctsync) = progress
+                .step(&format!("latency ctsync {}", rate_label(rate)), || {
+                    ctsync_rate(lab, rate)
+                })?;
+            let conntrackd = progress
+                .step(&format!("latency conntrackd {}", rate_label(rate)), || {
+                    conntrackd_rate(lab, rate)
+                })?;
+            let at = AtRate {
+                rate,
+                event_to_send,
+                ack_rtt,
+                ctsync,
+                conntrackd,
+            };
+            rows(&at, report);
+            results.push(at);
+        }
+        Ok(results)
+    })();
+    for (n, old) in fws.into_iter().zip(&saved) {
+        lab.sysctl(n, &[(TIMESTAMPS, old)])?;
+    }
+    flush(lab)?;
+    let results = r?;
     for (file, caption, chart) in charts(&results) {
         report.plot(&file, &caption, chart.svg());
     }
     Ok(results)
 }
 
-fn one_rate(lab: &Lab, rate: u32, report: &mut Report) -> Result<AtRate> {
-    exec::output(&mut lab.command(Fw::Fw1.node(), &["conntrack", "-F"]))?;
+fn rows(at: &AtRate, report: &mut Report) {
+    let rate = at.rate;
+    let (c, d) = (&at.ctsync, &at.conntrackd);
+    let with_loss = |k: &KernelToKernel| {
+        let p = k.hist.percentiles();
+        match k.missing {
+            0 => p,
+            m => format!("{p} ({m} entries lost)"),
+        }
+    };
+    report.row(
+        &format!(
+            "{rate}/s: kernel event on fw1 to entry in fw2's table, p50 / p99 / p99.9 \
+             (ctsync hot standby, conntrackd DisableExternalCache)"
+        ),
+        with_loss(c),
+        with_loss(d),
+        format!(
+            "{:.2}x / {:.2}x / {:.2}x{}",
+            c.hist.p50 / d.hist.p50,
+            c.hist.p99 / d.hist.p99,
+            c.hist.p999 / d.hist.p999,
+            if rate == 50_000 {
+                "; target p99 < 0.3 ms"
+            } else {
+                ""
+            }
+        ),
+    );
+    report.row(
+        &format!("{rate}/s: ctsync, change read from the kernel to sent, p50 / p99 / p99.9"),
+        at.event_to_send.percentiles(),
+        String::new(),
+        "the agent's own share".into(),
+    );
+    report.row(
+        &format!("{rate}/s: ctsync, sync datagram sent to fw2's ACK, p50 / p99 / p99.9"),
+        at.ack_rtt.percentiles(),
+        String::new(),
+        "upper bound (cumulative ACKs)".into(),
+    );
+}
+
+fn flush(lab: &Lab) -> Result<()> {
+    for fw in [Fw::Fw1, Fw::Fw2] {
+        exec::output(&mut lab.command(fw.node(), &["conntrack", "-F"]))?;
+    }
+    Ok(())
+}
+
+/// Within the kernel's default nf_conntrack_max (262144).
+fn count(rate: u32) -> u32 {
+    (rate * SECONDS).min(200_000)
+}
+
+/// A hot-standby ctsync pair at `rate`: the primary's event-to-send and ACK
+/// histograms, and the kernel-to-kernel latency.
+fn ctsync_rate(lab: &Lab, rate: u32) -> Result<(Hist, Hist, KernelToKernel)> {
+    flush(lab)?;
     let (a1, a2) = start_pair(
         lab,
         &build::bin("ctsync"),
         &format!("bench-latency-{}", lab.prefix()),
-        "",
+        "[failover]\nstandby = \"hot\"\n",
     )?;
-    // Within the kernel's default nf_conntrack_max (262144).
-    let count = (rate * SECONDS).min(200_000);
+    let k = load_and_compare(lab, rate)?;
+    let l: Value = serde_json::from_str(&a1.ctl(&["latency", "--json"])?)?;
+    let (ev, rtt) = (
+        Hist::from_json(&l["event_to_send"]),
+        Hist::from_json(&l["ack_rtt"]),
+    );
+    println!(
+        "ctsync     {rate:>7}/s: kernel to kernel p50/p99/p99.9 {} ({} entries, {} lost); \
+         event read -> sent {} ({} changes); sent -> ACK {} ({} datagrams)",
+        k.hist.percentiles(),
+        k.hist.count,
+        k.missing,
+        ev.percentiles(),
+        ev.count,
+        rtt.percentiles(),
+        rtt.count
+    );
+    drop((a1, a2));
+    Ok((ev, rtt, k))
+}
+
+/// A conntrackd pair at `rate`, the backup writing into its kernel table.
+fn conntrackd_rate(lab: &Lab, rate: u32) -> Result<KernelToKernel> {
+    flush(lab)?;
+    let dir = std::env::temp_dir().join(format!("ctsync-bench-latency-{}", std::process::id()));
+    let r = (|| {
+        let c1 = Conntrackd::start_with(lab, Fw::Fw1, &dir, Backup::KernelTable)?;
+        let c2 = Conntrackd::start_with(lab, Fw::Fw2, &dir, Backup::KernelTable)?;
+        let k = load_and_compare(lab, rate);
+        drop((c1, c2));
+        k
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let k = r?;
+    println!(
+        "conntrackd {rate:>7}/s: kernel to kernel p50/p99/p99.9 {} ({} entries, {} lost)",
+        k.hist.percentiles(),
+        k.hist.count,
+        k.missing
+    );
+    Ok(k)
+}
+
+/// Creates entries on fw1 at `rate`, waits for fw2's table to take them
+/// all (or to stop growing), and compares the two tables' stamps.
+fn load_and_compare(lab: &Lab, rate: u32) -> Result<KernelToKernel> {
+    let count = count(rate);
     let (count_s, rate_s) = (count.to_string(), rate.to_string());
     super::ctgen(
         lab,
@@ -108,81 +275,79 @@ fn one_rate(lab: &Lab, rate: u32, report: &mut Report) -> Result<AtRate> {
             "--count", &count_s, "--family", "4", "--proto", "mixed", "--nat", "--rate", &rate_s,
         ],
     )?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while a2.stats()?["sync"]["external_entries"]
-        .as_u64()
-        .unwrap_or(0)
-        < u64::from(count)
-    {
-        if Instant::now() > deadline {
-            bail!("fw2 did not receive {count} entries within 60 s at {rate}/s");
+    let (mut seen, mut since) = (0, Instant::now());
+    loop {
+        let n = kernel_count(lab, Fw::Fw2)?;
+        if n >= count as usize || since.elapsed() > STALL {
+            break;
+        }
+        if n != seen {
+            (seen, since) = (n, Instant::now());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let l: Value = serde_json::from_str(&a1.ctl(&["latency", "--json"])?)?;
-    let (ev, rtt) = (&l["event_to_send"], &l["ack_rtt"]);
-    let p = |h: &Value| format!("{} / {} / {} µs", h["p50_us"], h["p99_us"], h["p999_us"]);
-    println!(
-        "{rate:>7}/s: event read -> sent p50/p99/p99.9 {} ({} changes); sent -> ACK {} ({} datagrams)",
-        p(ev),
-        ev["count"],
-        p(rtt),
-        rtt["count"]
-    );
-    report.row(
-        &format!("{rate}/s: change read from the kernel to sent, p50 / p99 / p99.9"),
-        p(ev),
-        String::new(),
-        "p99 < 0.3 ms at 50k/s (whole path)".into(),
-    );
-    report.row(
-        &format!("{rate}/s: sync datagram sent to fw2's ACK, p50 / p99 / p99.9"),
-        p(rtt),
-        String::new(),
-        "upper bound (cumulative ACKs)".into(),
-    );
-    drop(a1);
-    drop(a2);
-    Ok(AtRate {
-        rate,
-        event_to_send: Hist::from_json(ev),
-        ack_rtt: Hist::from_json(rtt),
+    let out = exec::stdout(
+        std::process::Command::new(build::bin("ctsync-bench"))
+            .args(["--json", "stamps", "--primary"])
+            .arg(lab.ns(Fw::Fw1.node()))
+            .arg("--backup")
+            .arg(lab.ns(Fw::Fw2.node())),
+    )?;
+    let v: Value = serde_json::from_str(&out).context("ctsync-bench stamps printed no JSON")?;
+    Ok(KernelToKernel {
+        hist: Hist::from_json(&v["latency"]),
+        missing: v["missing"].as_u64().unwrap_or(0),
     })
 }
 
 /// Per histogram, a percentile curve and the histogram itself, one line per
 /// rate: (file name, caption, chart).
 pub fn charts(results: &[AtRate]) -> Vec<(String, String, LineChart)> {
-    /// Name, what it measures, what its samples are, where it is.
-    type Metric = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&AtRate) -> &Hist,
-    );
-    let metrics: [Metric; 2] = [
+    /// Where a histogram is, and who measured it (a series' name prefix).
+    type Source = (&'static str, fn(&AtRate) -> &Hist);
+    /// File key, what it measures, what its samples are, its sources.
+    type Metric = (&'static str, &'static str, &'static str, &'static [Source]);
+    let metrics: [Metric; 3] = [
+        (
+            "kernel_to_kernel",
+            "kernel event on fw1 to entry in fw2's table",
+            "entries",
+            &[
+                ("ctsync ", |r| &r.ctsync.hist),
+                ("conntrackd ", |r| &r.conntrackd.hist),
+            ],
+        ),
         (
             "event_to_send",
-            "change read from the kernel to sent",
+            "ctsync, change read from the kernel to sent",
             "changes",
-            |r| &r.event_to_send,
+            &[("", |r| &r.event_to_send)],
         ),
         (
             "ack_rtt",
-            "sync datagram sent to fw2's ACK",
+            "ctsync, sync datagram sent to fw2's ACK",
             "datagrams",
-            |r| &r.ack_rtt,
+            &[("", |r| &r.ack_rtt)],
         ),
     ];
     let mut out = Vec::new();
-    for (key, what, samples, hist) in metrics {
-        let name = |r: &AtRate| format!("{}: {} {samples}", rate_label(r.rate), hist(r).count);
+    for (key, what, samples, sources) in metrics {
+        // One line per rate and source.
+        let lines: Vec<(String, &Hist)> = results
+            .iter()
+            .flat_map(|r| {
+                sources.iter().map(move |(who, hist)| {
+                    let h = hist(r);
+                    let name = format!("{who}{}: {} {samples}", rate_label(r.rate), h.count);
+                    (name, h)
+                })
+            })
+            .collect();
         // Percentiles at x = 1 / (1 - q): p50 at 2, p99 at 100; the max is
         // the 1 - 1/count quantile, so it sits at x = count.
-        let curves: Vec<Series> = results
+        let curves: Vec<Series> = lines
             .iter()
-            .map(|r| {
-                let h = hist(r);
+            .map(|(name, h)| {
                 let mut pts = vec![
                     (2.0, h.p50),
                     (10.0, h.p90),
@@ -192,10 +357,10 @@ pub fn charts(results: &[AtRate]) -> Vec<(String, String, LineChart)> {
                 if h.count > 1000 {
                     pts.push((h.count as f64, h.max));
                 }
-                Series::new(&name(r), pts)
+                Series::new(name, pts)
             })
             .collect();
-        let most = results.iter().map(|r| hist(r).count).max().unwrap_or(0);
+        let most = lines.iter().map(|l| l.1.count).max().unwrap_or(0);
         // p90 at 10, p99 at 100, p99.9 at 1000, ... up to the largest count.
         let mut ticks = vec![(2.0, "p50".to_owned())];
         for k in 1..=7 {
@@ -208,9 +373,9 @@ pub fn charts(results: &[AtRate]) -> Vec<(String, String, LineChart)> {
         }
         out.push((
             format!("latency-{key}-percentiles.svg"),
-            format!("ctsync {key} ({what}): percentiles per offered rate"),
+            format!("{key} ({what}): percentiles per offered rate"),
             LineChart {
-                title: format!("ctsync {key}, {what}: percentiles"),
+                title: format!("{what}: percentiles"),
                 x: Axis::new(
                     "percentile (log scale of 1/(1-q); the last point of a line is the max)",
                     Scale::Log,
@@ -220,15 +385,15 @@ pub fn charts(results: &[AtRate]) -> Vec<(String, String, LineChart)> {
                 series: curves,
             },
         ));
-        let shares: Vec<Series> = results
+        let shares: Vec<Series> = lines
             .iter()
-            .map(|r| Series::new(&name(r), bucket_shares(hist(r))))
+            .map(|(name, h)| Series::new(name, bucket_shares(h)))
             .collect();
         out.push((
             format!("latency-{key}-histogram.svg"),
-            format!("ctsync {key} ({what}): histogram per offered rate"),
+            format!("{key} ({what}): histogram per offered rate"),
             LineChart {
-                title: format!("ctsync {key}, {what}: histogram"),
+                title: format!("{what}: histogram"),
                 x: Axis::new("latency (µs, bucket upper bound, log scale)", Scale::Log),
                 y: Axis::new("share of the samples (%)", Scale::Linear),
                 series: shares,
@@ -293,16 +458,36 @@ mod tests {
     }
 
     #[test]
-    fn four_charts_one_line_per_rate() {
+    fn six_charts_one_line_per_rate_and_daemon() {
         let at = |rate, count| AtRate {
             rate,
             event_to_send: hist(count, vec![(31, 10), (63, 80), (255, 10)]),
             ack_rtt: hist(count / 10, vec![(127, 1)]),
+            ctsync: KernelToKernel {
+                hist: hist(count, vec![(63, 1)]),
+                missing: 0,
+            },
+            conntrackd: KernelToKernel {
+                hist: hist(count - 5, vec![(1023, 1)]),
+                missing: 5,
+            },
         };
         let charts = charts(&[at(10_000, 30_000), at(50_000, 150_000)]);
         let files: Vec<&str> = charts.iter().map(|c| c.0.as_str()).collect();
+        // Both daemons' lines in the kernel-to-kernel charts, per rate.
+        let k: Vec<&str> = charts[0].2.series.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
-            files,
+            k,
+            [
+                "ctsync 10k/s: 30000 entries",
+                "conntrackd 10k/s: 29995 entries",
+                "ctsync 50k/s: 150000 entries",
+                "conntrackd 50k/s: 149995 entries"
+            ]
+        );
+        let charts = &charts[2..];
+        assert_eq!(
+            files[2..],
             [
                 "latency-event_to_send-percentiles.svg",
                 "latency-event_to_send-histogram.svg",

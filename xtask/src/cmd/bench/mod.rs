@@ -66,7 +66,7 @@ enum Part {
     Decode,
     /// CPU per replicated event, both daemons.
     Events,
-    /// ctsync's replication latency at set rates.
+    /// Replication latency at set rates, kernel to kernel, both daemons.
     Latency,
     /// The highest rate both daemons replicate without loss (ctgen, real flows).
     Zeroloss,
