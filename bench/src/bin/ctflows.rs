@@ -92,9 +92,12 @@ fn main() -> Result<()> {
     };
     let (mut sent, mut errors) = (0u64, 0u64);
     let mut first_error = None::<io::Error>;
+    // Paced per millisecond's worth of flows, as packets arrive at a busy
+    // firewall: coarser bursts would measure a daemon's burst handling.
+    let chunk = (a.rate / 1000).clamp(1, 256);
     let t0 = Instant::now();
     for i in 0..a.flows {
-        if a.rate > 0 && i % 256 == 0 {
+        if a.rate > 0 && i % chunk == 0 {
             let due = Duration::from_secs_f64(f64::from(i) / f64::from(a.rate));
             if let Some(wait) = due.checked_sub(t0.elapsed()) {
                 std::thread::sleep(wait);
