@@ -37,6 +37,11 @@ pub struct General {
     /// off when not set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Run under SCHED_RR at this priority (1-99), as conntrackd does by
+    /// default, so that events and sync datagrams are handled as they
+    /// arrive rather than when the scheduler gets round to the agent; 0
+    /// keeps normal scheduling.
+    pub realtime_priority: u8,
 }
 
 impl Default for General {
@@ -45,6 +50,7 @@ impl Default for General {
             control_socket: DEFAULT_CONTROL_SOCKET.into(),
             log_level: "info".into(),
             metrics_listen: None,
+            realtime_priority: 0,
         }
     }
 }
@@ -606,6 +612,15 @@ impl Config {
                 format!("{} is out of range 576..=65535", sync.mtu),
             ));
         }
+        if self.general.realtime_priority > 99 {
+            return Err((
+                "general.realtime_priority",
+                format!(
+                    "{} is out of range 0..=99 (0: normal scheduling)",
+                    self.general.realtime_priority
+                ),
+            ));
+        }
         if sync.port == 0 {
             return Err(("sync.port", "0 is not a port".into()));
         }
@@ -644,6 +659,17 @@ mod tests {
     fn example_config_parses_and_matches_defaults_where_it_says_so() {
         let text = include_str!("../../examples/ctsync.toml");
         parse(text).unwrap();
+    }
+
+    #[test]
+    fn realtime_priority_beyond_99_is_refused() {
+        let err = parse("[general]\nrealtime_priority = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("general.realtime_priority"), "{err}");
+        assert!(err.contains("0..=99"), "{err}");
+        let c = parse("[general]\nrealtime_priority = 99\n").unwrap();
+        assert_eq!(c.general.realtime_priority, 99);
     }
 
     #[test]

@@ -168,6 +168,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Some(p) => tracing::info!("config {}", p.display()),
         None => tracing::info!("no config file: built-in defaults"),
     }
+    set_realtime(config.general.realtime_priority);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -185,6 +186,27 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         agent.run(shutdown).await?;
         anyhow::Ok(())
     })
+}
+
+/// SCHED_RR at `priority` for the agent's (single) thread, if not 0. A
+/// refusal is logged, not fatal: the agent works, only with more latency.
+fn set_realtime(priority: u8) {
+    if priority == 0 {
+        return;
+    }
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: plain syscall on this process with a valid parameter block.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0 {
+        tracing::warn!(
+            "general.realtime_priority = {priority}: SCHED_RR refused ({}); running with normal \
+             scheduling (needs CAP_SYS_NICE, and RLIMIT_RTPRIO under systemd)",
+            std::io::Error::last_os_error()
+        );
+    } else {
+        tracing::info!("scheduling: SCHED_RR, priority {priority}");
+    }
 }
 
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {

@@ -57,6 +57,19 @@ fn scrape(lab: &Lab, fw: Fw) -> HashMap<String, f64> {
     m
 }
 
+/// (policy, rt_priority) of a process, from /proc/PID/stat.
+fn scheduling(pid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("agent's stat");
+    // Fields after the command name; rt_priority and policy are fields 40, 41.
+    let f: Vec<&str> = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (f[38].parse().unwrap(), f[37].parse().unwrap())
+}
+
 #[test]
 fn metrics_endpoint_exposes_counters_links_and_latency() {
     let lab = Lab::up(LabOptions::default()).expect("lab up");
@@ -71,8 +84,11 @@ fn metrics_endpoint_exposes_counters_links_and_latency() {
         &lab,
         Fw::Fw2.node(),
         &format!("{}-metrics-fw2", lab.prefix()),
-        &sync_config(Fw::Fw2),
+        &format!("realtime_priority = 7\n{}", sync_config(Fw::Fw2)),
     );
+    // general.realtime_priority: SCHED_RR (2) at 7 on fw2, normal (0) on fw1.
+    assert_eq!(scheduling(fw2.child.id()), (2, 7));
+    assert_eq!(scheduling(fw1.child.id()), (0, 0));
     ctgen_on(
         &lab,
         Fw::Fw1,
