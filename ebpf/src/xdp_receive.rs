@@ -246,7 +246,7 @@ fn receive(ctx: &XdpContext) -> Result<u32, u32> {
     apply_all(scratch, session, seq, r);
     add(XdpCounter::Applied, u64::from(r.applied));
     add(XdpCounter::MapFull, u64::from(r.failed));
-    report.submit(wake_flags());
+    report.submit(wake_flags(cfg.flags & flags::MIRROR != 0));
     count(XdpCounter::Datagrams);
     Ok(XDP_DROP)
 }
@@ -353,9 +353,15 @@ const WAKE_BYTES: u64 = 32 * (core::mem::size_of::<SeenReport>() as u64 + 8);
 /// costlier than the rest of the datagram's handling: wake the agent only
 /// every `WAKE_INTERVAL_NS` or `WAKE_BYTES`. The agent polls the ring every
 /// millisecond while reports flow, so the last ones of a burst are not left
-/// waiting.
+/// waiting. A hot standby (`mirror`) writes every change into the kernel
+/// table, which costs more than a wake-up, and the delay would be its
+/// latency: the ring's own policy then, a wake-up whenever the agent has
+/// caught up.
 #[inline(always)]
-fn wake_flags() -> u64 {
+fn wake_flags(mirror: bool) -> u64 {
+    if mirror {
+        return 0;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(last) = WAKE.get_ptr_mut(0) else {
         return 0;

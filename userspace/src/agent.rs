@@ -204,6 +204,7 @@ impl Agent {
             "event_to_send": self.repl.as_ref().map(|r| latency::summary(r.event_to_send())),
             "ack_rtt": self.repl.as_ref().map(|r| latency::summary(r.ack_rtt())),
             "receive_to_apply": self.repl.as_ref().map(|r| latency::summary(r.receive_to_apply())),
+            "standby_write": self.repl.as_ref().and_then(|r| r.standby_write()).map(latency::summary),
             "commit": latency::summary(&self.commit_time),
             "notify": latency::summary(&self.notify_time),
         });

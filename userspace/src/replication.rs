@@ -454,6 +454,11 @@ impl Replication {
         &self.receive_to_apply
     }
 
+    /// Hot standby: a change in the external cache → in the kernel table, µs.
+    pub fn standby_write(&self) -> Option<&hdrhistogram::Histogram<u64>> {
+        self.mirror.as_ref().map(|m| &m.write_latency)
+    }
+
     /// Our data datagrams' round trips: sent → acknowledged by the peer.
     pub fn ack_rtt(&self) -> &hdrhistogram::Histogram<u64> {
         self.sender.ack_rtt()

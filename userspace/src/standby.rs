@@ -51,11 +51,23 @@ pub struct MirrorStats {
 }
 
 /// The queue of external-cache changes not yet in the kernel table.
-#[derive(Default)]
 pub struct Mirror {
     pending: HashMap<Tuple, (Pending, Instant)>,
     order: VecDeque<Tuple>,
     pub stats: MirrorStats,
+    /// Change noted → written into the kernel table, µs.
+    pub write_latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Default for Mirror {
+    fn default() -> Mirror {
+        Mirror {
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            stats: MirrorStats::default(),
+            write_latency: crate::latency::histogram(),
+        }
+    }
 }
 
 impl Mirror {
@@ -126,11 +138,13 @@ impl Mirror {
         let now = Instant::now();
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
+        let mut noted = Vec::new();
         let n = self.order.len().min(max);
         for key in self.order.drain(..n) {
             let Some((p, since)) = self.pending.remove(&key) else {
                 continue;
             };
+            noted.push(since);
             match p {
                 Pending::Upsert(mut r, e) => {
                     // The timer runs from when the state arrived.
@@ -180,6 +194,10 @@ impl Mirror {
             for errno in refused {
                 *self.stats.errors.entry(errno_name(errno)).or_default() += 1;
             }
+        }
+        let done = Instant::now();
+        for since in noted {
+            crate::latency::record(&mut self.write_latency, done.duration_since(since));
         }
         Ok(n)
     }
