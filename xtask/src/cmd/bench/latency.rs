@@ -1,7 +1,15 @@
-//! Replication latency at set rates: `ctgen --rate` creates entries on fw1
-//! for a few seconds, once under a ctsync pair and once under a conntrackd
-//! pair. Fresh daemons per rate, so each histogram holds one rate only. At
-//! most 200k entries per rate.
+//! Replication latency at set rates: real UDP/IPv4 flows through fw1
+//! (`ctflows --rate`, one datagram per flow, SNAT) create entries for a
+//! few seconds, once under a ctsync pair and once under a conntrackd pair.
+//! Fresh daemons per rate, so each histogram holds one rate only. At most
+//! 200k entries per rate.
+//!
+//! Real flows rather than `ctgen`: entries created through ctnetlink on
+//! fw1 take the kernel's nfnetlink mutex for ctnetlink, which is global,
+//! not per namespace, and the backup's writes into fw2's table wait on it
+//! (seen with perf as `mutex_spin_on_owner` under `nfnetlink_rcv_msg`, for
+//! both daemons): a lab artefact a real firewall, whose entries come from
+//! packets, does not have.
 //!
 //! The whole path, kernel event on fw1 to entry present on fw2, comes from
 //! the kernels' own clocks: with `nf_conntrack_timestamp = 1` on both
@@ -20,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use xtask::{
-    agent::start_pair,
+    agent::{AgentProcess, sync_config_with},
     build,
     conntrackd::{Backup, Conntrackd},
     exec,
@@ -28,13 +36,16 @@ use xtask::{
 };
 
 use super::{
-    Report, kernel_count,
+    Report,
+    flows::{self, Kind, Sink},
+    kernel_count,
     plot::{Axis, LineChart, Scale, Series},
     progress::{Progress, rate_label},
 };
 
 const SECONDS: u32 = 3;
 const TIMESTAMPS: &str = "net/netfilter/nf_conntrack_timestamp";
+const UDP_TIMEOUT: &str = "net/netfilter/nf_conntrack_udp_timeout";
 /// How long the backup's table may stay the same size before the entries
 /// still missing count as lost.
 const STALL: Duration = Duration::from_secs(5);
@@ -89,7 +100,7 @@ pub struct KernelToKernel {
 /// Both daemons' figures after one rate.
 #[derive(Clone, Debug)]
 pub struct AtRate {
-    /// Offered by `ctgen --rate`, entries per second.
+    /// Offered by `ctflows --rate`, new flows per second.
     pub rate: u32,
     /// The primary agent's histograms.
     pub event_to_send: Hist,
@@ -110,7 +121,7 @@ pub fn run(
     progress: &mut Progress,
 ) -> Result<Vec<AtRate>> {
     println!(
-        "\n== replication latency at set rates ({SECONDS} s of ctgen --rate on fw1 each; \
+        "\n== replication latency at set rates ({SECONDS} s of UDP flows through fw1 each; \
          kernel to kernel by conntrack timestamps) =="
     );
     let fws = [Fw::Fw1.node(), Fw::Fw2.node()];
@@ -118,10 +129,14 @@ pub fn run(
         .iter()
         .map(|&n| lab.sysctl_value(n, TIMESTAMPS))
         .collect::<Result<Vec<_>>>()?;
+    // The flows' entries outlive the run (unreplied UDP expires in 30 s).
+    let udp_timeout = lab.sysctl_value(fws[0], UDP_TIMEOUT)?;
     for n in fws {
         lab.sysctl(n, &[(TIMESTAMPS, "1")])?;
     }
+    lab.sysctl(fws[0], &[(UDP_TIMEOUT, "600")])?;
     let r = (|| -> Result<Vec<AtRate>> {
+        let _sink = Sink::install(lab)?;
         let mut results = Vec::new();
         for &rate in rates {
             let (event_to_send, ack_rtt, ctsync) = progress
@@ -147,6 +162,7 @@ pub fn run(
     for (n, old) in fws.into_iter().zip(&saved) {
         lab.sysctl(n, &[(TIMESTAMPS, old)])?;
     }
+    lab.sysctl(fws[0], &[(UDP_TIMEOUT, &udp_timeout)])?;
     flush(lab)?;
     let results = r?;
     for (file, caption, chart) in charts(&results) {
@@ -214,28 +230,37 @@ fn count(rate: u32) -> u32 {
 /// histograms, and the kernel-to-kernel latency.
 fn ctsync_rate(lab: &Lab, rate: u32) -> Result<(Hist, Hist, KernelToKernel)> {
     flush(lab)?;
-    let (a1, a2) = start_pair(
-        lab,
-        &build::bin("ctsync"),
-        &format!("bench-latency-{}", lab.prefix()),
-        "[failover]\nstandby = \"hot\"\n",
-    )?;
+    let start = |fw: Fw| {
+        // `[general]` comes first: conntrackd's own default scheduling
+        // (SCHED_RR, priority 99), so that both daemons run alike.
+        let cfg = format!(
+            "realtime_priority = 99\n{}[failover]\nstandby = \"hot\"\n",
+            sync_config_with(fw, "")
+        );
+        let name = format!("bench-latency-{}-{fw}", lab.prefix());
+        AgentProcess::start(lab, fw.node(), &build::bin("ctsync"), &name, &cfg)
+    };
+    let (a1, a2) = (start(Fw::Fw1)?, start(Fw::Fw2)?);
     let k = load_and_compare(lab, rate)?;
     let l: Value = serde_json::from_str(&a1.ctl(&["latency", "--json"])?)?;
     let (ev, rtt) = (
         Hist::from_json(&l["event_to_send"]),
         Hist::from_json(&l["ack_rtt"]),
     );
+    let l2: Value = serde_json::from_str(&a2.ctl(&["latency", "--json"])?)?;
+    let write = Hist::from_json(&l2["standby_write"]);
     println!(
         "ctsync     {rate:>7}/s: kernel to kernel p50/p99/p99.9 {} ({} entries, {} lost); \
-         event read -> sent {} ({} changes); sent -> ACK {} ({} datagrams)",
+         event read -> sent {} ({} changes); sent -> ACK {} ({} datagrams); on fw2, \
+         change noted -> written into the table {}",
         k.hist.percentiles(),
         k.hist.count,
         k.missing,
         ev.percentiles(),
         ev.count,
         rtt.percentiles(),
-        rtt.count
+        rtt.count,
+        write.percentiles()
     );
     drop((a1, a2));
     Ok((ev, rtt, k))
@@ -263,22 +288,16 @@ fn conntrackd_rate(lab: &Lab, rate: u32) -> Result<KernelToKernel> {
     Ok(k)
 }
 
-/// Creates entries on fw1 at `rate`, waits for fw2's table to take them
-/// all (or to stop growing), and compares the two tables' stamps.
+/// Sends new flows through fw1 at `rate`, waits for fw2's table to take
+/// all of fw1's entries (or to stop growing), and compares the two
+/// tables' stamps.
 fn load_and_compare(lab: &Lab, rate: u32) -> Result<KernelToKernel> {
-    let count = count(rate);
-    let (count_s, rate_s) = (count.to_string(), rate.to_string());
-    super::ctgen(
-        lab,
-        Fw::Fw1,
-        &[
-            "--count", &count_s, "--family", "4", "--proto", "mixed", "--nat", "--rate", &rate_s,
-        ],
-    )?;
+    flows::send(lab, Kind::UDP4, count(rate), rate)?;
+    let want = kernel_count(lab, Fw::Fw1)?;
     let (mut seen, mut since) = (0, Instant::now());
     loop {
         let n = kernel_count(lab, Fw::Fw2)?;
-        if n >= count as usize || since.elapsed() > STALL {
+        if n >= want || since.elapsed() > STALL {
             break;
         }
         if n != seen {
