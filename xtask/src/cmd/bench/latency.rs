@@ -249,10 +249,18 @@ fn ctsync_rate(lab: &Lab, rate: u32) -> Result<(Hist, Hist, KernelToKernel)> {
     );
     let l2: Value = serde_json::from_str(&a2.ctl(&["latency", "--json"])?)?;
     let write = Hist::from_json(&l2["standby_write"]);
+    // What sends the whole cache again (and what would be a lost change
+    // without it): event overruns, send-queue overflows.
+    let s1 = a1.stats()?;
+    let (overruns, overflows) = (
+        &s1["events"]["overruns"],
+        &s1["sync"]["sender"]["overflows"],
+    );
     println!(
         "ctsync     {rate:>7}/s: kernel to kernel p50/p99/p99.9 {} ({} entries, {} lost); \
          event read -> sent {} ({} changes); sent -> ACK {} ({} datagrams); on fw2, \
-         change noted -> written into the table {}",
+         change noted -> written into the table {}; fw1's event overruns {overruns}, send \
+         queue overflows {overflows}",
         k.hist.percentiles(),
         k.hist.count,
         k.missing,
